@@ -1,0 +1,150 @@
+"""Reader and Writer over scatter-gather lists of memoryviews.
+
+A transport hands the protocol layer one Reader (the request bytes) and one
+Writer (room for the reply). On virtio these are slices of guest memory; on
+/dev/fuse a plain buffer. The protocol layer never sees guest addresses and
+moves file data with preadv/pwritev straight into or out of these views.
+"""
+import errno
+
+
+class ShortBuffer(OSError):
+    """The request is shorter than its header says, or the reply does not fit."""
+
+    def __init__(self, what="buffer too short"):
+        super().__init__(errno.EINVAL, what)
+
+
+def _take(bufs, idx, off, n):
+    """Collect up to n bytes as views starting at (idx, off); return views, idx, off."""
+    out = []
+    while n > 0 and idx < len(bufs):
+        b = bufs[idx]
+        avail = len(b) - off
+        if avail <= 0:
+            idx += 1
+            off = 0
+            continue
+        k = avail if avail < n else n
+        out.append(b[off:off + k])
+        n -= k
+        off += k
+        if off == len(b):
+            idx += 1
+            off = 0
+    return out, idx, off
+
+
+class Reader:
+    __slots__ = ("_bufs", "_idx", "_off", "_left")
+
+    def __init__(self, bufs):
+        self._bufs = [b if isinstance(b, memoryview) else memoryview(b) for b in bufs]
+        self._bufs = [b.cast("B") if b.format != "B" or b.ndim != 1 else b for b in self._bufs]
+        self._idx = 0
+        self._off = 0
+        self._left = sum(len(b) for b in self._bufs)
+
+    def remaining(self) -> int:
+        return self._left
+
+    def read(self, n: int) -> bytes:
+        """Exactly n bytes, or ShortBuffer."""
+        if n > self._left:
+            raise ShortBuffer("request truncated")
+        b = self._bufs[self._idx] if self._idx < len(self._bufs) else None
+        if b is not None and len(b) - self._off >= n:
+            out = bytes(b[self._off:self._off + n])
+            self._off += n
+            if self._off == len(b):
+                self._idx += 1
+                self._off = 0
+            self._left -= n
+            return out
+        views, self._idx, self._off = _take(self._bufs, self._idx, self._off, n)
+        self._left -= n
+        return b"".join(views)
+
+    def read_struct(self, st):
+        return st.unpack(self.read(st.size))
+
+    def read_all(self) -> bytes:
+        return self.read(self._left)
+
+    def views(self, n: int):
+        """Up to n bytes as memoryviews without copying (for pwritev)."""
+        n = min(n, self._left)
+        views, self._idx, self._off = _take(self._bufs, self._idx, self._off, n)
+        self._left -= n
+        return views
+
+    def skip(self, n: int):
+        if n > self._left:
+            raise ShortBuffer("request truncated")
+        self.views(n)
+
+
+class Writer:
+    """Reply buffer. Bytes go in order; the header slot can be patched later."""
+    __slots__ = ("_bufs", "_idx", "_off", "written", "capacity")
+
+    def __init__(self, bufs):
+        self._bufs = [b if isinstance(b, memoryview) else memoryview(b) for b in bufs]
+        self._bufs = [b.cast("B") if b.format != "B" or b.ndim != 1 else b for b in self._bufs]
+        self._idx = 0
+        self._off = 0
+        self.written = 0
+        self.capacity = sum(len(b) for b in self._bufs)
+
+    def available(self) -> int:
+        return self.capacity - self.written
+
+    def write(self, data) -> None:
+        n = len(data)
+        if n > self.capacity - self.written:
+            raise ShortBuffer("reply does not fit the buffer")
+        if self._idx < len(self._bufs):
+            b = self._bufs[self._idx]
+            if len(b) - self._off > n:
+                b[self._off:self._off + n] = data
+                self._off += n
+                self.written += n
+                return
+        src = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
+        pos = 0
+        for v in self.views(n):
+            v[:] = src[pos:pos + len(v)]
+            pos += len(v)
+
+    def pack(self, st, *values) -> None:
+        self.write(st.pack(*values))
+
+    def views(self, n: int):
+        """Reserve up to n bytes and return them as memoryviews (for preadv).
+        They count as written; call truncate() if fewer were filled."""
+        n = min(n, self.capacity - self.written)
+        views, self._idx, self._off = _take(self._bufs, self._idx, self._off, n)
+        self.written += n
+        return views
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after `length` bytes."""
+        if length > self.written:
+            raise ValueError("truncate beyond written")
+        self._idx, self._off, self.written = 0, 0, 0
+        if length:
+            self.views(length)
+
+    def patch(self, pos: int, data) -> None:
+        """Overwrite already-written bytes at pos (the reply header)."""
+        if pos + len(data) > self.written:
+            raise ValueError("patch beyond written")
+        i, off = 0, pos
+        while off >= len(self._bufs[i]):
+            off -= len(self._bufs[i])
+            i += 1
+        views, _, _ = _take(self._bufs, i, off, len(data))
+        p = 0
+        for v in views:
+            v[:] = data[p:p + len(v)]
+            p += len(v)

@@ -1,0 +1,249 @@
+"""The Backend interface: one mounted filesystem instance (a superblock).
+
+Operations work on inode handles, never on path strings. A handle is an
+object the backend makes; it must have a hashable ``key`` that names the
+underlying inode (the VFS keeps one node per key, so a hard link looked up
+twice is one node). Names are ``bytes`` single path components, already
+checked by the VFS (no '/', no NUL, not '.' or '..', not empty, <= 255).
+
+Errors are raised as ``OSError(errno, ...)``; the protocol layer turns them
+into negative errno replies. A method a backend does not implement raises
+ENOSYS (the default here) and the VFS answers accordingly.
+"""
+import enum
+import errno
+import stat
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+NOW = "now"        # SetAttr.atime / .mtime: the current time
+
+
+class Ctx:
+    """The caller of a request: credentials and umask (0 when unknown)."""
+    __slots__ = ("uid", "gid", "pid", "umask")
+
+    def __init__(self, uid=0, gid=0, pid=0, umask=0):
+        self.uid, self.gid, self.pid, self.umask = uid, gid, pid, umask
+
+    def __repr__(self):
+        return f"Ctx(uid={self.uid}, gid={self.gid}, pid={self.pid}, umask={self.umask:o})"
+
+
+ROOT_CTX = Ctx()
+
+
+class Attr:
+    """What FUSE reports about an inode. Times are integer nanoseconds."""
+    __slots__ = ("ino", "size", "blocks", "atime_ns", "mtime_ns", "ctime_ns",
+                 "mode", "nlink", "uid", "gid", "rdev", "blksize")
+
+    def __init__(self, ino=0, size=0, blocks=0, atime_ns=0, mtime_ns=0, ctime_ns=0,
+                 mode=0, nlink=1, uid=0, gid=0, rdev=0, blksize=4096):
+        self.ino, self.size, self.blocks = ino, size, blocks
+        self.atime_ns, self.mtime_ns, self.ctime_ns = atime_ns, mtime_ns, ctime_ns
+        self.mode, self.nlink, self.uid, self.gid = mode, nlink, uid, gid
+        self.rdev, self.blksize = rdev, blksize
+
+    @classmethod
+    def from_stat(cls, st):
+        return cls(st.st_ino, st.st_size, st.st_blocks, st.st_atime_ns, st.st_mtime_ns,
+                   st.st_ctime_ns, st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
+                   st.st_rdev, st.st_blksize)
+
+    def __repr__(self):
+        return (f"Attr(ino={self.ino}, mode={self.mode:o}, size={self.size}, "
+                f"nlink={self.nlink}, uid={self.uid}, gid={self.gid})")
+
+
+class SetAttr:
+    """A SETATTR request: fields left None are not changed.
+    atime/mtime are nanoseconds or NOW."""
+    __slots__ = ("mode", "uid", "gid", "size", "atime", "mtime", "ctime", "kill_suidgid")
+
+    def __init__(self, mode=None, uid=None, gid=None, size=None, atime=None, mtime=None,
+                 ctime=None, kill_suidgid=False):
+        self.mode, self.uid, self.gid, self.size = mode, uid, gid, size
+        self.atime, self.mtime, self.ctime = atime, mtime, ctime
+        self.kill_suidgid = kill_suidgid
+
+    def __repr__(self):
+        f = {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) not in (None, False)}
+        return f"SetAttr({f})"
+
+
+class StatFs(NamedTuple):
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    bsize: int
+    namelen: int
+    frsize: int
+
+
+class DirEntry(NamedTuple):
+    name: bytes
+    ino: int
+    type: int          # DT_* value (mode >> 12), 0 when unknown
+    next_offset: int   # cookie to resume after this entry
+
+
+class Consistency(enum.Enum):
+    STRONG = "strong"                # every change visible at once (host dir, memory)
+    CLOSE_TO_OPEN = "close-to-open"  # data visible after close/open
+    EVENTUAL = "eventual"            # object stores
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    hardlinks: bool = True
+    symlinks: bool = True
+    atomic_rename: bool = True
+    rename_exchange: bool = True
+    rename_whiteout: bool = True
+    unix_permissions: bool = True
+    xattrs: bool = True
+    posix_locks: bool = True
+    mknod: bool = True
+    sparse_files: bool = True
+    case_sensitive: bool = True
+
+
+def dtype_of(mode: int) -> int:
+    return stat.S_IFMT(mode) >> 12
+
+
+def _nosys(*_a, **_k):
+    raise OSError(errno.ENOSYS, "not implemented by this backend")
+
+
+class Backend:
+    capabilities = Capabilities()
+    consistency = Consistency.STRONG
+
+    # -- inodes ---------------------------------------------------------------
+    def root(self):
+        """Handle of the root directory (the VFS never forgets it)."""
+        raise NotImplementedError
+
+    def lookup(self, ctx: Ctx, parent, name: bytes):
+        """-> (handle, Attr). ENOENT when absent."""
+        _nosys()
+
+    def forget(self, handle) -> None:
+        """The VFS holds no more references to this handle: free it."""
+
+    def getattr(self, ctx: Ctx, handle, file=None) -> Attr:
+        _nosys()
+
+    def setattr(self, ctx: Ctx, handle, file, changes: SetAttr) -> Attr:
+        _nosys()
+
+    def readlink(self, ctx: Ctx, handle) -> bytes:
+        _nosys()
+
+    def access(self, ctx: Ctx, handle, mask: int) -> None:
+        _nosys()
+
+    # -- namespace ------------------------------------------------------------
+    def mknod(self, ctx: Ctx, parent, name: bytes, mode: int, rdev: int):
+        """-> (handle, Attr). mode includes the file type; ctx.umask applies."""
+        _nosys()
+
+    def mkdir(self, ctx: Ctx, parent, name: bytes, mode: int):
+        _nosys()
+
+    def symlink(self, ctx: Ctx, parent, name: bytes, target: bytes):
+        _nosys()
+
+    def link(self, ctx: Ctx, handle, newparent, newname: bytes):
+        """-> (handle, Attr) of the same inode."""
+        _nosys()
+
+    def unlink(self, ctx: Ctx, parent, name: bytes) -> None:
+        _nosys()
+
+    def rmdir(self, ctx: Ctx, parent, name: bytes) -> None:
+        _nosys()
+
+    def rename(self, ctx: Ctx, parent, name: bytes, newparent, newname: bytes,
+               flags: int = 0) -> None:
+        """flags: RENAME_NOREPLACE / RENAME_EXCHANGE / RENAME_WHITEOUT."""
+        _nosys()
+
+    # -- files ----------------------------------------------------------------
+    def open(self, ctx: Ctx, handle, flags: int):
+        """-> a file object for read/write/... (O_CREAT/O_EXCL already dropped)."""
+        _nosys()
+
+    def create(self, ctx: Ctx, parent, name: bytes, mode: int, flags: int):
+        """-> (handle, Attr, file). EEXIST only with O_EXCL."""
+        _nosys()
+
+    def read(self, ctx: Ctx, file, offset: int, views) -> int:
+        """Fill the memoryviews from offset (preadv); -> bytes read."""
+        _nosys()
+
+    def write(self, ctx: Ctx, file, offset: int, views, kill_suidgid: bool = False) -> int:
+        """Write the memoryviews at offset (pwritev); -> bytes written."""
+        _nosys()
+
+    def flush(self, ctx: Ctx, file, lock_owner: int) -> None:
+        pass
+
+    def fsync(self, ctx: Ctx, file, datasync: bool) -> None:
+        _nosys()
+
+    def release(self, ctx: Ctx, file) -> None:
+        pass
+
+    def fallocate(self, ctx: Ctx, file, mode: int, offset: int, length: int) -> None:
+        _nosys()
+
+    def lseek(self, ctx: Ctx, file, offset: int, whence: int) -> int:
+        _nosys()
+
+    def copy_file_range(self, ctx: Ctx, file_in, off_in: int, file_out, off_out: int,
+                        length: int, flags: int) -> int:
+        _nosys()
+
+    # -- directories ----------------------------------------------------------
+    def opendir(self, ctx: Ctx, handle, flags: int):
+        """-> a directory object for readdir."""
+        _nosys()
+
+    def readdir(self, ctx: Ctx, dirobj, offset: int) -> Iterator[DirEntry]:
+        """Entries after cookie `offset` (0 = from the start, including '.' and
+        '..'). Cookies stay valid while the directory object is open."""
+        _nosys()
+
+    def fsyncdir(self, ctx: Ctx, dirobj, datasync: bool) -> None:
+        pass
+
+    def releasedir(self, ctx: Ctx, dirobj) -> None:
+        pass
+
+    # -- xattrs ---------------------------------------------------------------
+    def setxattr(self, ctx: Ctx, handle, name: bytes, value: bytes, flags: int) -> None:
+        _nosys()
+
+    def getxattr(self, ctx: Ctx, handle, name: bytes) -> bytes:
+        _nosys()
+
+    def listxattr(self, ctx: Ctx, handle) -> list:
+        _nosys()
+
+    def removexattr(self, ctx: Ctx, handle, name: bytes) -> None:
+        _nosys()
+
+    # -- filesystem -----------------------------------------------------------
+    def statfs(self, ctx: Ctx, handle) -> StatFs:
+        _nosys()
+
+    def syncfs(self, ctx: Ctx) -> None:
+        pass
+
+    def destroy(self) -> None:
+        """The filesystem is unmounted: free everything."""
