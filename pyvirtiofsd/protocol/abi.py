@@ -211,6 +211,7 @@ COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")   # fh_in off_in nodeid_out fh_ou
 SECCTX_HEADER = struct.Struct("<II")             # size nr_secctx
 SECCTX = struct.Struct("<II")                    # size padding
 EXT_HEADER = struct.Struct("<II")                # size type
+U32 = struct.Struct("<I")
 
 assert IN_HEADER.size == 40 and OUT_HEADER.size == 16 and ATTR.size == 88
 assert ENTRY_OUT.size == 128 and ATTR_OUT.size == 104 and SETATTR_IN.size == 88

@@ -1,0 +1,78 @@
+"""Command line, with the Rust virtiofsd's option names where they exist."""
+import argparse
+import json
+import logging
+import os
+import sys
+
+LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "warn": logging.WARNING,
+              "info": logging.INFO, "debug": logging.DEBUG, "trace": logging.DEBUG}
+CAPABILITIES = {"type": "fs", "features": ["separate-options"]}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # one line, exit 2 (argparse would print the whole usage first)
+        sys.stderr.write(f"pyvirtiofsd: {message}\n")
+        sys.exit(2)
+
+
+def build_parser():
+    p = _Parser(prog="pyvirtiofsd", description="vhost-user virtio-fs back-end (and /dev/fuse server)")
+    p.add_argument("--socket-path", metavar="PATH", help="vhost-user UNIX socket to listen on")
+    p.add_argument("--fd", type=int, metavar="N", help="an already listening socket (from libvirt)")
+    p.add_argument("--mount", metavar="DIR", help="serve through /dev/fuse on this host directory instead")
+    p.add_argument("--shared-dir", metavar="DIR", help="host directory to export")
+    p.add_argument("--tag", default="myfs", help="virtio-fs tag (when the front-end asks the back-end's config)")
+    p.add_argument("--cache", choices=["auto", "always", "never", "metadata"], default="auto")
+    p.add_argument("--thread-pool-size", type=int, default=0, metavar="N",
+                   help="worker threads for /dev/fuse (virtio uses one worker per queue)")
+    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info")
+    p.add_argument("--xattr", dest="xattr", action="store_true", default=True, help="support xattrs (default)")
+    p.add_argument("--no-xattr", dest="xattr", action="store_false")
+    p.add_argument("--allow-devices", action="store_true", help="let the guest create device nodes")
+    p.add_argument("--print-capabilities", action="store_true",
+                   help="print the vhost-user back-end capabilities JSON and exit")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.print_capabilities:
+        return args
+    if not args.shared_dir:
+        p.error("--shared-dir is required")
+    if not os.path.isdir(args.shared_dir):
+        p.error(f"--shared-dir {args.shared_dir}: not a directory")
+    transports = [x for x in (args.socket_path, args.fd, args.mount) if x is not None]
+    if len(transports) != 1:
+        p.error("give exactly one of --socket-path, --fd or --mount")
+    if args.thread_pool_size < 0:
+        p.error("--thread-pool-size must be >= 0")
+    if args.mount and not os.path.isdir(args.mount):
+        p.error(f"--mount {args.mount}: not a directory")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.print_capabilities:
+        print(json.dumps(CAPABILITIES, indent=2))
+        return 0
+    logging.basicConfig(level=LOG_LEVELS[args.log_level],
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log = logging.getLogger("pyvirtiofsd")
+
+    from .protocol.server import FuseServer
+    from .vfs.backends.host import HostBackend
+    from .vfs.vfs import Vfs
+
+    backend = HostBackend(args.shared_dir, xattr=args.xattr, allow_devices=args.allow_devices)
+    server = FuseServer(Vfs(backend, cache=args.cache), log_requests=args.log_level == "trace")
+    log.info("exporting %s (cache=%s)", args.shared_dir, args.cache)
+    if args.mount:
+        from .device import fusedev
+        return fusedev.serve(server, args.mount, threads=args.thread_pool_size or 2, log=log)
+    from .device import virtio_fs
+    return virtio_fs.serve(server, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag, log=log)

@@ -1,0 +1,436 @@
+"""The FUSE server: decode one request, call the VFS, encode the reply.
+
+Transport-agnostic: a transport hands over a Reader holding the request and
+a Writer with room for the reply, and gets back the number of reply bytes
+(0 when the opcode has no reply). Errors raised as OSError become negative
+errno replies; a malformed request gets EINVAL or EIO, never a crash.
+"""
+import errno
+import logging
+import os
+import stat
+
+from . import abi
+from .buffers import Reader, ShortBuffer, Writer
+from ..vfs.backend import NOW, Ctx, SetAttr
+
+log = logging.getLogger("pyvirtiofsd.server")
+
+MAX_WRITE = 1 << 20
+MAX_PAGES = MAX_WRITE // 4096
+HDR = abi.OUT_HEADER.size
+NO_REPLY = object()
+
+# What we accept of the kernel's INIT offer (more is added per cache mode).
+BASE_FLAGS = (abi.ASYNC_READ | abi.ATOMIC_O_TRUNC | abi.BIG_WRITES | abi.ASYNC_DIO
+              | abi.PARALLEL_DIROPS | abi.MAX_PAGES | abi.DO_READDIRPLUS
+              | abi.READDIRPLUS_AUTO | abi.INIT_EXT)
+
+_u64 = (1 << 64) - 1
+
+
+def _cstr(data: bytes) -> bytes:
+    """The first NUL-terminated string of data (the terminator is required)."""
+    end = data.find(b"\0")
+    if end < 0:
+        raise OSError(errno.EINVAL, "name without NUL terminator")
+    return data[:end]
+
+
+def _two_cstr(data: bytes):
+    first = _cstr(data)
+    return first, _cstr(data[len(first) + 1:])
+
+
+def decode_dev(rdev32: int) -> int:
+    """FUSE carries dev_t in the kernel's 32-bit new_encode_dev form."""
+    major = (rdev32 & 0xFFF00) >> 8
+    minor = (rdev32 & 0xFF) | ((rdev32 >> 12) & 0xFFF00)
+    return os.makedev(major, minor)
+
+
+def encode_dev(rdev: int) -> int:
+    major, minor = os.major(rdev), os.minor(rdev)
+    return ((minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)) & 0xFFFFFFFF
+
+
+def _split_timeout(t: float):
+    sec = int(t)
+    return sec, int((t - sec) * 1e9)
+
+
+def _attr_fields(a):
+    """The fuse_attr fields of an Attr, in wire order."""
+    asec, ansec = divmod(a.atime_ns, 1_000_000_000)
+    msec, mnsec = divmod(a.mtime_ns, 1_000_000_000)
+    csec, cnsec = divmod(a.ctime_ns, 1_000_000_000)
+    return (a.ino, a.size, a.blocks, asec & _u64, msec & _u64, csec & _u64, ansec, mnsec, cnsec,
+            a.mode, a.nlink, a.uid, a.gid, encode_dev(a.rdev) if a.rdev else 0, a.blksize, 0)
+
+
+class FuseServer:
+    def __init__(self, vfs, *, log_requests: bool = False):
+        self.vfs = vfs
+        self.initialized = False
+        self.destroyed = False
+        self.proto_minor = 0
+        self.flags = 0
+        self.requests = 0           # requests served, for benchmarks
+        self.log_requests = log_requests
+        self._entry_valid = _split_timeout(vfs.entry_timeout)
+        self._attr_valid = _split_timeout(vfs.attr_timeout)
+        self._open_flags = {"never": abi.FOPEN_DIRECT_IO, "metadata": abi.FOPEN_DIRECT_IO,
+                            "auto": 0, "always": abi.FOPEN_KEEP_CACHE}[vfs.cache]
+        self._opendir_flags = abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR if vfs.cache == "always" else 0
+        self._handlers = {}
+        for op, name in abi.OPCODE_NAMES.items():
+            method = getattr(self, "op_" + name.lower(), None)
+            if method:
+                self._handlers[op] = method
+
+    # -- entry point --------------------------------------------------------------
+    def handle(self, reader: Reader, writer: Writer) -> int:
+        """Serve one request; return the reply length written (0: no reply)."""
+        self.requests += 1
+        try:
+            length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = reader.read_struct(abi.IN_HEADER)
+        except ShortBuffer:
+            log.warning("request shorter than fuse_in_header (%d bytes): dropped", reader.remaining())
+            return 0
+        if length < abi.IN_HEADER.size or length - abi.IN_HEADER.size > reader.remaining():
+            log.warning("request %d: header len %d does not match the %d bytes given",
+                        unique, length, reader.remaining() + abi.IN_HEADER.size)
+            return self._reply_error(writer, unique, errno.EINVAL)
+        if self.log_requests:
+            log.debug("<- %s unique=%d nodeid=%d uid=%d gid=%d pid=%d",
+                      abi.OPCODE_NAMES.get(opcode, opcode), unique, nodeid, uid, gid, pid)
+        handler = self._handlers.get(opcode)
+        if opcode in (abi.FORGET, abi.BATCH_FORGET, abi.INTERRUPT):
+            try:
+                handler(nodeid, Ctx(uid, gid, pid), reader, writer)
+            except Exception as e:          # these have no reply to carry an error
+                log.warning("%s: %s", abi.OPCODE_NAMES[opcode], e)
+            return 0
+        if writer.capacity < HDR:
+            log.warning("request %d: reply buffer of %d bytes cannot hold a header", unique, writer.capacity)
+            return 0
+        writer.views(HDR)
+        try:
+            if handler is None:
+                raise OSError(errno.ENOSYS, "unsupported opcode")
+            if not self.initialized and opcode != abi.INIT:
+                raise OSError(errno.EIO, "request before INIT")
+            if self.destroyed and opcode != abi.INIT:
+                raise OSError(errno.EIO, "request after DESTROY")
+            handler(nodeid, Ctx(uid, gid, pid), reader, writer)
+            error = 0
+        except OSError as e:
+            error = e.errno or errno.EIO
+            if error in (errno.ENOSYS, errno.EINVAL, errno.EIO, errno.ESTALE, errno.EBADF) and opcode != abi.LOOKUP:
+                log.debug("%s unique=%d -> %s (%s)", abi.OPCODE_NAMES.get(opcode, opcode), unique,
+                          errno.errorcode.get(error, error), e.strerror)
+            writer.truncate(HDR)
+        except Exception:
+            log.exception("%s unique=%d failed", abi.OPCODE_NAMES.get(opcode, opcode), unique)
+            error = errno.EIO
+            writer.truncate(HDR)
+        n = writer.written
+        writer.patch(0, abi.OUT_HEADER.pack(n, -error, unique))
+        return n
+
+    def _reply_error(self, writer, unique, err):
+        if writer.capacity < HDR:
+            return 0
+        writer.truncate(0)
+        writer.write(abi.OUT_HEADER.pack(HDR, -err, unique))
+        return HDR
+
+    # -- reply helpers ---------------------------------------------------------------
+    def _write_entry(self, w, nodeid, attr):
+        ev, evn = self._entry_valid
+        av, avn = self._attr_valid
+        w.write(abi.ENTRY_OUT.pack(nodeid, 0, ev, av, evn, avn, *_attr_fields(attr)))
+
+    def _write_attr(self, w, attr):
+        av, avn = self._attr_valid
+        w.write(abi.ATTR_OUT.pack(av, avn, 0, *_attr_fields(attr)))
+
+    # -- session ---------------------------------------------------------------------
+    def op_init(self, nodeid, ctx, r, w):
+        major, minor, max_readahead, flags = r.read_struct(abi.INIT_IN_COMPAT)
+        if flags & abi.INIT_EXT and r.remaining() >= 4:
+            flags |= abi.U32.unpack(r.read(4))[0] << 32
+        if major < abi.KERNEL_VERSION or (major == abi.KERNEL_VERSION and minor < 12):
+            raise OSError(errno.EPROTO, f"FUSE {major}.{minor} is too old")
+        if major > abi.KERNEL_VERSION:
+            # ask the kernel to retry with our major version
+            w.write(abi.INIT_OUT.pack(abi.KERNEL_VERSION, abi.KERNEL_MINOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0)[:abi.COMPAT_INIT_OUT_SIZE])
+            return
+        wanted = BASE_FLAGS
+        if self.vfs.cache in ("auto", "always"):
+            wanted |= abi.AUTO_INVAL_DATA | abi.CACHE_SYMLINKS
+        accepted = flags & wanted
+        log.info("INIT: guest FUSE %d.%d offers %s", major, minor, _flag_names(flags))
+        log.info("INIT: we accept %s", _flag_names(accepted))
+        self.proto_minor = minor
+        self.flags = accepted
+        self.initialized = True
+        self.destroyed = False
+        out = abi.INIT_OUT.pack(abi.KERNEL_VERSION, abi.KERNEL_MINOR_VERSION, max_readahead,
+                                accepted & 0xFFFFFFFF, 16, 12, MAX_WRITE, 1, MAX_PAGES, 0, accepted >> 32)
+        w.write(out[:abi.COMPAT_22_INIT_OUT_SIZE] if minor < 23 else out)
+
+    def op_destroy(self, nodeid, ctx, r, w):
+        log.info("DESTROY: guest unmounted")
+        self.vfs.reset()
+        self.initialized = False
+        self.destroyed = True
+
+    def op_forget(self, nodeid, ctx, r, w):
+        (n,) = r.read_struct(abi.FORGET_IN)
+        self.vfs.forget(nodeid, n)
+
+    def op_batch_forget(self, nodeid, ctx, r, w):
+        count, _ = r.read_struct(abi.BATCH_FORGET_IN)
+        if count * abi.FORGET_ONE.size > r.remaining():
+            log.warning("BATCH_FORGET: count %d exceeds the request; using what is there", count)
+            count = r.remaining() // abi.FORGET_ONE.size
+        data = r.read(count * abi.FORGET_ONE.size)
+        for nid, n in abi.FORGET_ONE.iter_unpack(data):
+            self.vfs.forget(nid, n)
+
+    def op_interrupt(self, nodeid, ctx, r, w):
+        r.read_struct(abi.INTERRUPT_IN)   # nothing we run blocks indefinitely yet
+
+    # -- inodes -------------------------------------------------------------------------
+    def op_lookup(self, nodeid, ctx, r, w):
+        name = _cstr(r.read_all())
+        self._write_entry(w, *self.vfs.lookup(ctx, nodeid, name))
+
+    def op_getattr(self, nodeid, ctx, r, w):
+        fh = None
+        if r.remaining() >= abi.GETATTR_IN.size:
+            flags, _, fh_ = r.read_struct(abi.GETATTR_IN)
+            if flags & abi.GETATTR_FH:
+                fh = fh_
+        self._write_attr(w, self.vfs.getattr(ctx, nodeid, fh))
+
+    def op_setattr(self, nodeid, ctx, r, w):
+        (valid, _, fh, size, lock_owner, atime, mtime, ctime, atimensec, mtimensec, ctimensec,
+         mode, _, uid, gid, _) = r.read_struct(abi.SETATTR_IN)
+        ch = SetAttr()
+        if valid & abi.FATTR_MODE:
+            ch.mode = mode & 0o7777
+        if valid & abi.FATTR_UID:
+            ch.uid = uid
+        if valid & abi.FATTR_GID:
+            ch.gid = gid
+        if valid & abi.FATTR_SIZE:
+            ch.size = size
+        if valid & abi.FATTR_ATIME:
+            ch.atime = NOW if valid & abi.FATTR_ATIME_NOW else _ns(atime, atimensec)
+        if valid & abi.FATTR_MTIME:
+            ch.mtime = NOW if valid & abi.FATTR_MTIME_NOW else _ns(mtime, mtimensec)
+        if valid & abi.FATTR_CTIME:
+            ch.ctime = _ns(ctime, ctimensec)
+        ch.kill_suidgid = bool(valid & abi.FATTR_KILL_SUIDGID)
+        self._write_attr(w, self.vfs.setattr(ctx, nodeid, fh if valid & abi.FATTR_FH else None, ch))
+
+    def op_readlink(self, nodeid, ctx, r, w):
+        w.write(self.vfs.readlink(ctx, nodeid))
+
+    def op_access(self, nodeid, ctx, r, w):
+        mask, _ = r.read_struct(abi.ACCESS_IN)
+        self.vfs.access(ctx, nodeid, mask)
+
+    def op_statfs(self, nodeid, ctx, r, w):
+        s = self.vfs.statfs(ctx, nodeid or abi.ROOT_ID)
+        w.write(abi.KSTATFS.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize,
+                                 s.namelen, s.frsize, 0))
+
+    # -- namespace ------------------------------------------------------------------------
+    def op_mknod(self, nodeid, ctx, r, w):
+        mode, rdev, ctx.umask, _ = r.read_struct(abi.MKNOD_IN)
+        name = _cstr(r.read_all())
+        self._write_entry(w, *self.vfs.mknod(ctx, nodeid, name, mode, decode_dev(rdev)))
+
+    def op_mkdir(self, nodeid, ctx, r, w):
+        mode, ctx.umask = r.read_struct(abi.MKDIR_IN)
+        name = _cstr(r.read_all())
+        self._write_entry(w, *self.vfs.mkdir(ctx, nodeid, name, mode & 0o7777))
+
+    def op_symlink(self, nodeid, ctx, r, w):
+        name, target = _two_cstr(r.read_all())
+        self._write_entry(w, *self.vfs.symlink(ctx, nodeid, name, target))
+
+    def op_link(self, nodeid, ctx, r, w):
+        (old,) = r.read_struct(abi.LINK_IN)
+        name = _cstr(r.read_all())
+        self._write_entry(w, *self.vfs.link(ctx, old, nodeid, name))
+
+    def op_unlink(self, nodeid, ctx, r, w):
+        self.vfs.unlink(ctx, nodeid, _cstr(r.read_all()))
+
+    def op_rmdir(self, nodeid, ctx, r, w):
+        self.vfs.rmdir(ctx, nodeid, _cstr(r.read_all()))
+
+    def op_rename(self, nodeid, ctx, r, w):
+        (newdir,) = r.read_struct(abi.RENAME_IN)
+        old, new = _two_cstr(r.read_all())
+        self.vfs.rename(ctx, nodeid, old, newdir, new, 0)
+
+    def op_rename2(self, nodeid, ctx, r, w):
+        newdir, flags, _ = r.read_struct(abi.RENAME2_IN)
+        if flags & ~(abi.RENAME_NOREPLACE | abi.RENAME_EXCHANGE | abi.RENAME_WHITEOUT):
+            raise OSError(errno.EINVAL, "unknown rename flags")
+        old, new = _two_cstr(r.read_all())
+        self.vfs.rename(ctx, nodeid, old, newdir, new, flags)
+
+    # -- files ------------------------------------------------------------------------------
+    def op_open(self, nodeid, ctx, r, w):
+        flags, _ = r.read_struct(abi.OPEN_IN)
+        fh = self.vfs.open(ctx, nodeid, flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY))
+        w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
+
+    def op_create(self, nodeid, ctx, r, w):
+        flags, mode, ctx.umask, _ = r.read_struct(abi.CREATE_IN)
+        name = _cstr(r.read_all())
+        new, attr, fh = self.vfs.create(ctx, nodeid, name, stat.S_IFREG | (mode & 0o7777),
+                                        flags & ~os.O_NOCTTY)
+        self._write_entry(w, new, attr)
+        w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
+
+    def op_read(self, nodeid, ctx, r, w):
+        fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)
+        size = min(size, MAX_WRITE, w.available())
+        views = w.views(size)
+        got = self.vfs.read(ctx, fh, offset, views)
+        w.truncate(HDR + got)
+
+    def op_write(self, nodeid, ctx, r, w):
+        fh, offset, size, flags, _, _, _ = r.read_struct(abi.WRITE_IN)
+        if size > r.remaining():
+            raise OSError(errno.EINVAL, f"WRITE of {size} bytes carries only {r.remaining()}")
+        n = self.vfs.write(ctx, fh, offset, r.views(size), bool(flags & abi.WRITE_KILL_SUIDGID))
+        w.write(abi.WRITE_OUT.pack(n, 0))
+
+    def op_flush(self, nodeid, ctx, r, w):
+        fh, _, _, lock_owner = r.read_struct(abi.FLUSH_IN)
+        self.vfs.flush(ctx, fh, lock_owner)
+
+    def op_release(self, nodeid, ctx, r, w):
+        fh, _, _, _ = r.read_struct(abi.RELEASE_IN)
+        self.vfs.release(ctx, fh)
+
+    def op_fsync(self, nodeid, ctx, r, w):
+        fh, flags, _ = r.read_struct(abi.FSYNC_IN)
+        self.vfs.fsync(ctx, fh, bool(flags & abi.FSYNC_FDATASYNC))
+
+    def op_fallocate(self, nodeid, ctx, r, w):
+        fh, offset, length, mode, _ = r.read_struct(abi.FALLOCATE_IN)
+        self.vfs.fallocate(ctx, fh, mode, offset, length)
+
+    def op_lseek(self, nodeid, ctx, r, w):
+        fh, offset, whence, _ = r.read_struct(abi.LSEEK_IN)
+        w.write(abi.LSEEK_OUT.pack(self.vfs.lseek(ctx, fh, offset, whence)))
+
+    def op_copy_file_range(self, nodeid, ctx, r, w):
+        fh_in, off_in, _nodeid_out, fh_out, off_out, length, flags = r.read_struct(abi.COPY_FILE_RANGE_IN)
+        n = self.vfs.copy_file_range(ctx, fh_in, off_in, fh_out, off_out, min(length, 0xFFFFFFFF), flags)
+        w.write(abi.WRITE_OUT.pack(n, 0))
+
+    # -- directories -------------------------------------------------------------------------
+    def op_opendir(self, nodeid, ctx, r, w):
+        flags, _ = r.read_struct(abi.OPEN_IN)
+        w.write(abi.OPEN_OUT.pack(self.vfs.opendir(ctx, nodeid, flags), self._opendir_flags, 0))
+
+    def op_readdir(self, nodeid, ctx, r, w):
+        fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)
+        room = min(size, w.available())
+        for e in self.vfs.readdir(ctx, fh, offset):
+            rec = abi.dirent_size(len(e.name))
+            if rec > room:
+                break
+            room -= rec
+            w.write(abi.DIRENT.pack(e.ino, e.next_offset, len(e.name), e.type) + e.name
+                    + b"\0" * (rec - abi.DIRENT.size - len(e.name)))
+
+    def op_readdirplus(self, nodeid, ctx, r, w):
+        fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)
+        room = min(size, w.available())
+        ev, evn = self._entry_valid
+        av, avn = self._attr_valid
+        for e in self.vfs.readdir(ctx, fh, offset):
+            rec = abi.dirent_size(len(e.name), plus=True)
+            if rec > room:
+                break
+            if e.name in (b".", b".."):
+                # the kernel ignores entries of '.' and '..' and counts no lookup
+                entry = bytes(abi.ENTRY_OUT.size)
+            else:
+                try:
+                    child, attr = self.vfs.lookup(ctx, nodeid, e.name)
+                except OSError as err:
+                    if err.errno == errno.ENOENT:   # gone since the listing was taken
+                        continue
+                    raise
+                entry = abi.ENTRY_OUT.pack(child, 0, ev, av, evn, avn, *_attr_fields(attr))
+            room -= rec
+            w.write(entry + abi.DIRENT.pack(e.ino, e.next_offset, len(e.name), e.type) + e.name
+                    + b"\0" * (rec - abi.ENTRY_OUT.size - abi.DIRENT.size - len(e.name)))
+
+    def op_releasedir(self, nodeid, ctx, r, w):
+        fh, _, _, _ = r.read_struct(abi.RELEASE_IN)
+        self.vfs.releasedir(ctx, fh)
+
+    def op_fsyncdir(self, nodeid, ctx, r, w):
+        fh, flags, _ = r.read_struct(abi.FSYNC_IN)
+        self.vfs.fsyncdir(ctx, fh, bool(flags & abi.FSYNC_FDATASYNC))
+
+    # -- xattrs -----------------------------------------------------------------------------
+    def op_setxattr(self, nodeid, ctx, r, w):
+        if self.flags & abi.SETXATTR_EXT:
+            size, flags, _, _ = r.read_struct(abi.SETXATTR_IN)
+        else:
+            size, flags = r.read_struct(abi.GETXATTR_IN)
+        rest = r.read_all()
+        name = _cstr(rest)
+        value = rest[len(name) + 1:len(name) + 1 + size]
+        if len(value) != size:
+            raise OSError(errno.EINVAL, "xattr value shorter than its size")
+        self.vfs.setxattr(ctx, nodeid, name, value, flags)
+
+    def op_getxattr(self, nodeid, ctx, r, w):
+        size, _ = r.read_struct(abi.GETXATTR_IN)
+        value = self.vfs.getxattr(ctx, nodeid, _cstr(r.read_all()))
+        self._sized_reply(w, size, value)
+
+    def op_listxattr(self, nodeid, ctx, r, w):
+        size, _ = r.read_struct(abi.GETXATTR_IN)
+        names = self.vfs.listxattr(ctx, nodeid)
+        self._sized_reply(w, size, b"".join(n + b"\0" for n in names))
+
+    def _sized_reply(self, w, size, data):
+        """getxattr/listxattr: size 0 asks for the length only."""
+        if size == 0:
+            w.write(abi.GETXATTR_OUT.pack(len(data), 0))
+        elif len(data) > size:
+            raise OSError(errno.ERANGE, "value larger than the buffer")
+        else:
+            w.write(data)
+
+    def op_removexattr(self, nodeid, ctx, r, w):
+        self.vfs.removexattr(ctx, nodeid, _cstr(r.read_all()))
+
+    def op_syncfs(self, nodeid, ctx, r, w):
+        self.vfs.syncfs(ctx)
+
+
+def _ns(sec, nsec):
+    if sec >= 1 << 63:
+        sec -= 1 << 64
+    return sec * 1_000_000_000 + nsec
+
+
+def _flag_names(flags):
+    return " ".join(name for bit, name in sorted(abi.INIT_FLAG_NAMES.items()) if flags & bit) or "-"
