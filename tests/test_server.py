@@ -1,0 +1,330 @@
+"""FUSE requests packed as the kernel packs them, served by FuseServer over
+the host backend, checked against what the host kernel says of the same
+directory (os.lstat and friends)."""
+import errno
+import os
+import stat
+import struct
+
+import pytest
+
+from fuse_client import FuseClient, FuseError, direct_transport
+from pyvirtiofsd.protocol import abi
+from pyvirtiofsd.protocol.server import FuseServer, decode_dev, encode_dev
+from pyvirtiofsd.vfs.backends.host import HostBackend
+from pyvirtiofsd.vfs.vfs import Vfs
+
+ROOT = abi.ROOT_ID
+
+
+@pytest.fixture
+def share(tmp_path):
+    d = tmp_path / "share"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def server(share):
+    return FuseServer(Vfs(HostBackend(str(share)), cache="auto"))
+
+
+@pytest.fixture
+def fc(server):
+    c = FuseClient(direct_transport(server))
+    c.init()
+    return c
+
+
+def errno_of(fn, *a, **kw):
+    with pytest.raises(FuseError) as e:
+        fn(*a, **kw)
+    return e.value.errno
+
+
+def assert_attr_matches(attr, path):
+    st = os.lstat(path)
+    assert (attr.ino, attr.mode, attr.nlink, attr.uid, attr.gid, attr.size) == \
+        (st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_size)
+    assert attr.mtime_ns == st.st_mtime_ns
+
+
+# -- session -------------------------------------------------------------------------
+def test_init_negotiates_version_and_limits(server):
+    c = FuseClient(direct_transport(server))
+    major, minor, _, flags, _, _, max_write, time_gran, max_pages, _, flags2 = c.init()
+    assert (major, minor, max_write, time_gran) == (7, abi.KERNEL_MINOR_VERSION, 1 << 20, 1)
+    assert max_pages == 256 and flags & abi.DO_READDIRPLUS and flags & abi.MAX_PAGES
+    assert not flags & abi.WRITEBACK_CACHE          # never accepted unasked
+    limited = FuseClient(direct_transport(FuseServer(server.vfs)))
+    assert limited.init(flags=abi.ASYNC_READ)[3] == abi.ASYNC_READ   # never more than offered
+
+
+def test_requests_before_init_and_unknown_opcodes(server):
+    c = FuseClient(direct_transport(server))
+    assert c.request(abi.GETATTR, ROOT, abi.GETATTR_IN.pack(0, 0, 0))[0] == errno.EIO
+    c.init()
+    assert c.request(abi.BMAP, ROOT, bytes(16))[0] == errno.ENOSYS
+    assert c.request(999, ROOT)[0] == errno.ENOSYS
+    assert c.request(abi.SETUPMAPPING, ROOT, bytes(40))[0] == errno.ENOSYS
+
+
+def test_destroy_forgets_everything_and_allows_reinit(fc, server, share):
+    (share / "f").write_bytes(b"x")
+    e = fc.lookup(ROOT, b"f")
+    fh = fc.open(e.nodeid, os.O_RDONLY)
+    fc.destroy()
+    assert server.vfs.node_count() == 1 and server.vfs.open_count() == 0
+    assert fc.request(abi.GETATTR, ROOT, abi.GETATTR_IN.pack(0, 0, 0))[0] == errno.EIO
+    fc.init()
+    assert fc.request(abi.READ, e.nodeid, abi.READ_IN.pack(fh, 0, 1, 0, 0, 0, 0))[0] == errno.EBADF
+    assert fc.lookup(ROOT, b"f").attr.size == 1
+
+
+# -- lookups and node identity -----------------------------------------------------
+def test_lookup_and_getattr_match_the_host(fc, share):
+    (share / "file").write_bytes(b"hello")
+    (share / "dir").mkdir(mode=0o750)
+    os.symlink("/etc/passwd", share / "link")
+    for name in ("file", "dir", "link"):
+        e = fc.lookup(ROOT, name.encode())
+        assert_attr_matches(e.attr, share / name)
+        assert_attr_matches(fc.getattr(e.nodeid), share / name)
+        assert e.entry_valid == 1 and e.attr_valid == 1    # cache=auto
+    assert_attr_matches(fc.getattr(ROOT), share)
+    assert errno_of(fc.lookup, ROOT, b"missing") == errno.ENOENT
+
+
+def test_lookup_counts_follow_fuse_rules(fc, server, share):
+    (share / "f").write_bytes(b"")
+    a = fc.lookup(ROOT, b"f")
+    b = fc.lookup(ROOT, b"f")
+    assert a.nodeid == b.nodeid
+    link = fc.link(a.nodeid, ROOT, b"g")                   # a hard link is the same node
+    assert link.nodeid == a.nodeid and link.attr.nlink == 2
+    assert server.vfs.node(a.nodeid).nlookup == 3
+    fc.forget(a.nodeid, 2)
+    assert server.vfs.node(a.nodeid).nlookup == 1
+    fc.batch_forget([(a.nodeid, 1), (ROOT, 5), (12345, 1)])   # root and unknown ids are ignored
+    with pytest.raises(OSError):
+        server.vfs.node(a.nodeid)
+    assert server.vfs.node_count() == 1
+    again = fc.lookup(ROOT, b"f")
+    assert again.nodeid != a.nodeid and again.attr.ino == a.attr.ino
+
+
+def test_rename_keeps_node_and_inode(fc, share):
+    (share / "a").write_bytes(b"1")
+    (share / "d").mkdir()
+    e = fc.lookup(ROOT, b"a")
+    d = fc.lookup(ROOT, b"d")
+    fc.rename(ROOT, b"a", d.nodeid, b"b")
+    assert not (share / "a").exists() and (share / "d" / "b").read_bytes() == b"1"
+    moved = fc.lookup(d.nodeid, b"b")
+    assert moved.nodeid == e.nodeid and moved.attr.ino == e.attr.ino
+
+
+# -- namespace operations --------------------------------------------------------------
+def test_namespace_operations_and_errnos(fc, share):
+    d = fc.mkdir(ROOT, b"d", 0o755)
+    assert_attr_matches(d.attr, share / "d")
+    assert errno_of(fc.mkdir, ROOT, b"d") == errno.EEXIST
+    f, fh = fc.create(d.nodeid, b"f", 0o640)
+    fc.release(f.nodeid, fh)
+    assert stat.S_IMODE(os.stat(share / "d" / "f").st_mode) == 0o640
+    assert errno_of(fc.rmdir, ROOT, b"d") == errno.ENOTEMPTY
+    assert errno_of(fc.unlink, ROOT, b"d") == errno.EISDIR
+    assert errno_of(fc.rmdir, d.nodeid, b"f") == errno.ENOTDIR
+    assert errno_of(fc.lookup, f.nodeid, b"x") == errno.ENOTDIR
+    s = fc.symlink(ROOT, b"s", b"../outside/target")
+    assert fc.readlink(s.nodeid) == b"../outside/target"
+    assert os.readlink(share / "s") == "../outside/target"
+    p = fc.mknod(ROOT, b"fifo", stat.S_IFIFO | 0o600)
+    assert stat.S_ISFIFO(os.lstat(share / "fifo").st_mode) and stat.S_ISFIFO(p.attr.mode)
+    fc.unlink(d.nodeid, b"f")
+    fc.rmdir(ROOT, b"d")
+    assert sorted(os.listdir(share)) == ["fifo", "s"]
+    assert errno_of(fc.unlink, ROOT, b"nope") == errno.ENOENT
+
+
+def test_rename2_flags(fc, share):
+    (share / "a").write_bytes(b"A")
+    (share / "b").write_bytes(b"B")
+    assert errno_of(fc.rename, ROOT, b"a", ROOT, b"b", abi.RENAME_NOREPLACE) == errno.EEXIST
+    fc.rename(ROOT, b"a", ROOT, b"b", abi.RENAME_EXCHANGE)
+    assert (share / "a").read_bytes() == b"B" and (share / "b").read_bytes() == b"A"
+    assert errno_of(fc.rename, ROOT, b"a", ROOT, b"c", abi.RENAME_EXCHANGE) == errno.ENOENT
+    assert errno_of(fc.rename, ROOT, b"a", ROOT, b"c", 0x80) == errno.EINVAL
+    fc.rename(ROOT, b"a", ROOT, b"c", abi.RENAME_NOREPLACE)
+    assert (share / "c").read_bytes() == b"B"
+
+
+def test_umask_and_caller_ownership(fc, share):
+    fc.uid, fc.gid = 1234, 5678
+    d = fc.mkdir(ROOT, b"mine", 0o777, umask=0o022)
+    f, fh = fc.create(ROOT, b"file", 0o666, umask=0o027)
+    st_d, st_f = os.stat(share / "mine"), os.stat(share / "file")
+    assert (st_d.st_uid, st_d.st_gid, stat.S_IMODE(st_d.st_mode)) == (1234, 5678, 0o755)
+    assert (st_f.st_uid, st_f.st_gid, stat.S_IMODE(st_f.st_mode)) == (1234, 5678, 0o640)
+    assert (d.attr.uid, f.attr.uid) == (1234, 1234)
+
+
+# -- data --------------------------------------------------------------------------------
+def test_write_read_roundtrip(fc, share):
+    f, fh = fc.create(ROOT, b"data", 0o644)
+    payload = os.urandom(300_000)
+    assert fc.write(f.nodeid, fh, 0, payload) == len(payload)
+    assert fc.write(f.nodeid, fh, 500_000, b"tail") == 4
+    fc.flush(f.nodeid, fh)
+    fc.fsync(f.nodeid, fh, datasync=True)
+    host = (share / "data").read_bytes()
+    assert host[:300_000] == payload and host[500_000:] == b"tail" and host[300_000:500_000] == bytes(200_000)
+    assert fc.read(f.nodeid, fh, 0, 300_000) == payload
+    assert fc.read(f.nodeid, fh, 499_998, 100) == b"\0\0tail"
+    assert fc.read(f.nodeid, fh, 10**9, 100) == b""
+    assert fc.getattr(f.nodeid, fh=fh).size == 500_004
+    fc.release(f.nodeid, fh)
+    assert errno_of(fc.read, f.nodeid, fh, 0, 1) == errno.EBADF
+
+
+def test_open_flags_append_and_trunc(fc, share):
+    (share / "f").write_bytes(b"0123456789")
+    e = fc.lookup(ROOT, b"f")
+    fh = fc.open(e.nodeid, os.O_WRONLY | os.O_APPEND)
+    fc.write(e.nodeid, fh, 0, b"AB")
+    assert (share / "f").read_bytes() == b"0123456789AB"
+    fc.release(e.nodeid, fh)
+    fh = fc.open(e.nodeid, os.O_RDWR | os.O_TRUNC)
+    assert os.path.getsize(share / "f") == 0
+    fc.release(e.nodeid, fh)
+
+
+def test_setattr_mode_size_times_owner(fc, share):
+    (share / "f").write_bytes(b"abcdef")
+    e = fc.lookup(ROOT, b"f")
+    a = fc.setattr(e.nodeid, mode=0o4711)
+    assert stat.S_IMODE(os.stat(share / "f").st_mode) == 0o4711 and stat.S_IMODE(a.mode) == 0o4711
+    a = fc.setattr(e.nodeid, size=2)
+    assert (share / "f").read_bytes() == b"ab" and a.size == 2
+    a = fc.setattr(e.nodeid, atime=1_000_000_001_500, mtime=2_000_000_002_700)
+    st = os.stat(share / "f")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_001_500, 2_000_000_002_700)
+    assert a.mtime_ns == 2_000_000_002_700
+    a = fc.setattr(e.nodeid, mtime_now=True)
+    assert abs(os.stat(share / "f").st_mtime - __import__("time").time()) < 5
+    assert os.stat(share / "f").st_atime_ns == 1_000_000_001_500     # atime untouched
+    a = fc.setattr(e.nodeid, uid=4321, gid=8765)
+    assert (os.stat(share / "f").st_uid, os.stat(share / "f").st_gid) == (4321, 8765)
+    assert_attr_matches(a, share / "f")
+
+
+def test_fallocate_lseek_copy_file_range(fc, share):
+    f, fh = fc.create(ROOT, b"sparse", 0o644)
+    fc.write(f.nodeid, fh, 1 << 20, b"data")
+    assert fc.lseek(f.nodeid, fh, 0, os.SEEK_DATA) >= 0
+    hole = fc.lseek(f.nodeid, fh, 0, os.SEEK_HOLE)
+    assert hole == os.lseek(os.open(share / "sparse", os.O_RDONLY), 0, os.SEEK_HOLE)
+    assert errno_of(fc.lseek, f.nodeid, fh, 1 << 30, os.SEEK_DATA) == errno.ENXIO
+    fc.fallocate(f.nodeid, fh, 0, 4 << 20)
+    assert os.path.getsize(share / "sparse") == 4 << 20
+    g, gh = fc.create(ROOT, b"copy", 0o644)
+    assert fc.copy_file_range(f.nodeid, fh, 1 << 20, g.nodeid, gh, 0, 4) == 4
+    assert (share / "copy").read_bytes() == b"data"
+
+
+# -- directories ------------------------------------------------------------------------
+def test_readdir_lists_what_the_host_lists_and_resumes(fc, share):
+    names = {f"n{i:03}".encode() for i in range(150)}
+    for n in names:
+        (share / n.decode()).write_bytes(b"")
+    fh = fc.opendir(ROOT)
+    seen, off = [], 0
+    while True:
+        batch = fc.readdir(ROOT, fh, off, size=512)
+        if not batch:
+            break
+        seen += batch
+        off = batch[-1][3]
+    got = [e[0] for e in seen]
+    assert sorted(got) == sorted(names | {b".", b".."}) and len(got) == len(set(got))
+    for name, ino, typ, _ in seen:
+        if name not in (b".", b".."):
+            assert ino == os.lstat(share / name.decode()).st_ino and typ == stat.S_IFREG >> 12
+    fc.releasedir(ROOT, fh)
+
+
+def test_readdirplus_counts_lookups_exactly(fc, server, share):
+    for n in ("a", "b"):
+        (share / n).write_bytes(b"x")
+    (share / "sub").mkdir()
+    fh = fc.opendir(ROOT)
+    entries = fc.readdir(ROOT, fh, 0, size=4096, plus=True)
+    by_name = {e[0]: e[4] for e in entries}
+    assert by_name[b"."].nodeid == 0 and by_name[b".."].nodeid == 0
+    for n in (b"a", b"b", b"sub"):
+        node = server.vfs.node(by_name[n].nodeid)
+        assert node.nlookup == 1
+        assert_attr_matches(by_name[n].attr, share / n.decode())
+    assert server.vfs.node_count() == 4
+    fc.releasedir(ROOT, fh)
+
+
+def test_statfs_matches_host(fc, share):
+    blocks, bfree, bavail, files, ffree, bsize, namelen, frsize = fc.statfs()
+    sv = os.statvfs(share)
+    assert (blocks, bsize, namelen, frsize, files) == (sv.f_blocks, sv.f_bsize, sv.f_namemax, sv.f_frsize, sv.f_files)
+
+
+def test_xattrs(fc, share):
+    (share / "f").write_bytes(b"")
+    e = fc.lookup(ROOT, b"f")
+    fc.setxattr(e.nodeid, b"user.color", b"blue")
+    assert os.getxattr(share / "f", "user.color") == b"blue"
+    assert fc.getxattr(e.nodeid, b"user.color") == b"blue"
+    assert fc.getxattr(e.nodeid, b"user.color", size=0) == 4
+    assert errno_of(fc.getxattr, e.nodeid, b"user.color", size=2) == errno.ERANGE
+    assert b"user.color" in fc.listxattr(e.nodeid)
+    assert fc.listxattr(e.nodeid, size=0) == len(b"".join(n + b"\0" for n in fc.listxattr(e.nodeid)))
+    assert errno_of(fc.setxattr, e.nodeid, b"user.color", b"red", os.XATTR_CREATE) == errno.EEXIST
+    assert errno_of(fc.getxattr, e.nodeid, b"user.none") == errno.ENODATA
+    fc.removexattr(e.nodeid, b"user.color")
+    assert "user.color" not in os.listxattr(share / "f")
+
+
+# -- hostile requests --------------------------------------------------------------------
+@pytest.mark.parametrize("name", [b"..", b".", b"a/b", b"", b"../../etc", b"x" * 256])
+def test_bad_names_are_refused(fc, share, name):
+    err = errno_of(fc.lookup, ROOT, name)
+    assert err in (errno.EINVAL, errno.ENAMETOOLONG)
+    assert errno_of(fc.mkdir, ROOT, name) in (errno.EINVAL, errno.ENAMETOOLONG)
+    assert os.listdir(share) == []
+
+
+def test_malformed_requests_get_errors_not_crashes(fc, server, share):
+    send = fc.send
+    assert send(b"\x01\x02\x03", 4096) == b""                           # shorter than a header
+    hdr = abi.IN_HEADER.pack(1000, abi.GETATTR, 77, ROOT, 0, 0, 0, 0, 0)  # says 1000, carries 40
+    err = abi.OUT_HEADER.unpack(send(hdr, 4096))
+    assert err == (16, -errno.EINVAL, 77)
+    assert fc.request(abi.LOOKUP, ROOT, b"no-terminator")[0] == errno.EINVAL
+    assert fc.request(abi.GETATTR, 999_999, abi.GETATTR_IN.pack(0, 0, 0))[0] == errno.ESTALE
+    assert fc.request(abi.READ, ROOT, abi.READ_IN.pack(4242, 0, 10, 0, 0, 0, 0))[0] == errno.EBADF
+    assert fc.request(abi.SETATTR, ROOT, b"short")[0] == errno.EINVAL
+    f, fh = fc.create(ROOT, b"w", 0o644)
+    lie = abi.WRITE_IN.pack(fh, 0, 1 << 20, 0, 0, 0, 0) + b"tiny"      # size larger than the data
+    assert fc.request(abi.WRITE, f.nodeid, lie)[0] == errno.EINVAL
+    # a reply buffer too small for the header gets no reply at all
+    assert send(abi.IN_HEADER.pack(40, abi.GETATTR, 5, ROOT, 0, 0, 0, 0, 0), 8) == b""
+    # a READ larger than the reply room is cut to the room
+    fc.write(f.nodeid, fh, 0, b"z" * 1000)
+    out = fc.request(abi.READ, f.nodeid, abi.READ_IN.pack(fh, 0, 1000, 0, 0, 0, 0), room=16 + 100)
+    assert out == (0, b"z" * 100)
+    # the server still works
+    assert fc.getattr(ROOT).ino == os.stat(share).st_ino
+
+
+def test_dev_numbers_roundtrip():
+    for major, minor in ((1, 3), (8, 17), (259, 0), (4095, 1048575)):
+        dev = os.makedev(major, minor)
+        assert decode_dev(encode_dev(dev)) == dev
+    assert struct.calcsize("<Q") == 8
