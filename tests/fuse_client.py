@@ -208,6 +208,15 @@ class FuseClient:
             entries.append((name, ino, typ, off, entry) if plus else (name, ino, typ, off))
         return entries
 
+    def getlk(self, nodeid, fh, owner, start, end, type_, flock=False):
+        """-> (start, end, type, pid) of a blocking lock, type F_UNLCK if none."""
+        body = abi.LK_IN.pack(fh, owner, start, end, type_, self.pid, abi.LK_FLOCK if flock else 0, 0)
+        return abi.LK_OUT.unpack(self.call(abi.GETLK, nodeid, body))
+
+    def setlk(self, nodeid, fh, owner, start, end, type_, flock=False, wait=False):
+        body = abi.LK_IN.pack(fh, owner, start, end, type_, self.pid, abi.LK_FLOCK if flock else 0, 0)
+        self.call(abi.SETLKW if wait else abi.SETLK, nodeid, body)
+
     def statfs(self, nodeid=1):
         return abi.KSTATFS.unpack(self.call(abi.STATFS, nodeid))
 

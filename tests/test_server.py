@@ -328,3 +328,53 @@ def test_dev_numbers_roundtrip():
         dev = os.makedev(major, minor)
         assert decode_dev(encode_dev(dev)) == dev
     assert struct.calcsize("<Q") == 8
+
+
+# -- locks ---------------------------------------------------------------------------------
+def test_posix_locks_conflict_and_flush_releases(fc, share):
+    import fcntl
+    f, fh = fc.create(ROOT, b"l", 0o644)
+    fh2 = fc.open(f.nodeid)
+    fc.setlk(f.nodeid, fh, 1, 0, 99, fcntl.F_WRLCK)
+    assert errno_of(fc.setlk, f.nodeid, fh2, 2, 50, 60, fcntl.F_RDLCK) == errno.EAGAIN
+    start, end, typ, _ = fc.getlk(f.nodeid, fh2, 2, 50, 60, fcntl.F_RDLCK)
+    assert (start, end, typ) == (0, 99, fcntl.F_WRLCK)
+    assert fc.getlk(f.nodeid, fh2, 2, 100, 200, fcntl.F_WRLCK)[2] == fcntl.F_UNLCK
+    fc.call(abi.FLUSH, f.nodeid, abi.FLUSH_IN.pack(fh, 0, 0, 1))      # owner 1 closes a descriptor
+    fc.setlk(f.nodeid, fh2, 2, 50, 60, fcntl.F_RDLCK)
+    # flock is per open file and independent of POSIX locks
+    fc.setlk(f.nodeid, fh, 10, 0, 0, fcntl.F_WRLCK, flock=True)
+    assert errno_of(fc.setlk, f.nodeid, fh2, 11, 0, 0, fcntl.F_WRLCK, flock=True) == errno.EAGAIN
+    fc.call(abi.RELEASE, f.nodeid, abi.RELEASE_IN.pack(fh, 0, abi.RELEASE_FLOCK_UNLOCK, 10))
+    fc.setlk(f.nodeid, fh2, 11, 0, 0, fcntl.F_WRLCK, flock=True)
+
+
+def test_setlkw_is_deferred_until_unlock_and_interrupt_cancels(fc, server):
+    import fcntl
+    import threading
+    from pyvirtiofsd.protocol.buffers import Reader, Writer
+    from pyvirtiofsd.protocol.server import DEFERRED
+    f, fh = fc.create(ROOT, b"l", 0o644)
+    fc.setlk(f.nodeid, fh, 1, 0, 10, fcntl.F_WRLCK)
+    done, replies = threading.Event(), []
+
+    def send_setlkw(unique):
+        req = abi.IN_HEADER.pack(40 + abi.LK_IN.size, abi.SETLKW, unique, f.nodeid, 0, 0, 7, 0, 0) + \
+            abi.LK_IN.pack(fh, 2, 5, 5, fcntl.F_WRLCK, 7, 0, 0)
+        buf = bytearray(64)
+        n = server.handle(Reader([req]), Writer([buf]),
+                          complete=lambda n: (replies.append(abi.OUT_HEADER.unpack_from(buf)), done.set()))
+        assert n == DEFERRED
+    send_setlkw(9001)
+    assert not done.wait(0.2)                     # still blocked, and the server keeps serving
+    fc.setlk(f.nodeid, fh, 1, 0, 10, fcntl.F_UNLCK)
+    assert done.wait(5) and replies[-1] == (16, 0, 9001)
+    done.clear()
+    send_setlkw(9002)                             # owner 2 holds it now, so owner 1 waits
+    req_owner1 = abi.LK_IN.pack(fh, 1, 0, 10, fcntl.F_WRLCK, 7, 0, 0)
+    hdr = abi.IN_HEADER.pack(40 + len(req_owner1), abi.SETLKW, 9003, f.nodeid, 0, 0, 7, 0, 0)
+    buf = bytearray(64)
+    assert server.handle(Reader([hdr + req_owner1]), Writer([buf]),
+                         complete=lambda n: (replies.append(abi.OUT_HEADER.unpack_from(buf)), done.set())) == DEFERRED
+    fc.request(abi.INTERRUPT, 0, abi.INTERRUPT_IN.pack(9003))
+    assert done.wait(5) and replies[-1] == (16, -errno.EINTR, 9003)

@@ -6,25 +6,44 @@ a Writer with room for the reply, and gets back the number of reply bytes
 errno replies; a malformed request gets EINVAL or EIO, never a crash.
 """
 import errno
+import fcntl
 import logging
 import os
 import stat
+import threading
 
 from . import abi
 from .buffers import Reader, ShortBuffer, Writer
 from ..vfs.backend import NOW, Ctx, SetAttr
+from ..vfs.locks import Waiter
 
 log = logging.getLogger("pyvirtiofsd.server")
 
 MAX_WRITE = 1 << 20
 MAX_PAGES = MAX_WRITE // 4096
 HDR = abi.OUT_HEADER.size
-NO_REPLY = object()
+DEFERRED = -1
+
+
+class _Wait(Exception):
+    """Raised by a handler whose request must wait; run() finishes it."""
+
+    def __init__(self, run):
+        super().__init__("request waits")
+        self.run = run
+
+
+def _unsupported():
+    raise OSError(errno.ENOSYS, "unsupported opcode")
+
+
+def _before_init():
+    raise OSError(errno.EIO, "request before INIT")
 
 # What we accept of the kernel's INIT offer (more is added per cache mode).
 BASE_FLAGS = (abi.ASYNC_READ | abi.ATOMIC_O_TRUNC | abi.BIG_WRITES | abi.ASYNC_DIO
               | abi.PARALLEL_DIROPS | abi.MAX_PAGES | abi.DO_READDIRPLUS
-              | abi.READDIRPLUS_AUTO | abi.INIT_EXT)
+              | abi.READDIRPLUS_AUTO | abi.INIT_EXT | abi.POSIX_LOCKS | abi.FLOCK_LOCKS)
 
 _u64 = (1 << 64) - 1
 
@@ -82,6 +101,7 @@ class FuseServer:
         self._open_flags = {"never": abi.FOPEN_DIRECT_IO, "metadata": abi.FOPEN_DIRECT_IO,
                             "auto": 0, "always": abi.FOPEN_KEEP_CACHE}[vfs.cache]
         self._opendir_flags = abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR if vfs.cache == "always" else 0
+        self._waiters = {}          # unique -> Waiter of a blocked SETLKW
         self._handlers = {}
         for op, name in abi.OPCODE_NAMES.items():
             method = getattr(self, "op_" + name.lower(), None)
@@ -89,8 +109,13 @@ class FuseServer:
                 self._handlers[op] = method
 
     # -- entry point --------------------------------------------------------------
-    def handle(self, reader: Reader, writer: Writer) -> int:
-        """Serve one request; return the reply length written (0: no reply)."""
+    def handle(self, reader: Reader, writer: Writer, complete=None) -> int:
+        """Serve one request; return the reply length written (0: no reply).
+
+        A request that must wait (SETLKW on a held lock) blocks the caller,
+        unless the transport passes `complete`: then DEFERRED comes back at
+        once and complete(n) is called from another thread when the reply
+        is written."""
         self.requests += 1
         try:
             length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = reader.read_struct(abi.IN_HEADER)
@@ -105,9 +130,10 @@ class FuseServer:
             log.debug("<- %s unique=%d nodeid=%d uid=%d gid=%d pid=%d",
                       abi.OPCODE_NAMES.get(opcode, opcode), unique, nodeid, uid, gid, pid)
         handler = self._handlers.get(opcode)
+        ctx = Ctx(uid, gid, pid, unique=unique)
         if opcode in (abi.FORGET, abi.BATCH_FORGET, abi.INTERRUPT):
             try:
-                handler(nodeid, Ctx(uid, gid, pid), reader, writer)
+                handler(nodeid, ctx, reader, writer)
             except Exception as e:          # these have no reply to carry an error
                 log.warning("%s: %s", abi.OPCODE_NAMES[opcode], e)
             return 0
@@ -115,18 +141,32 @@ class FuseServer:
             log.warning("request %d: reply buffer of %d bytes cannot hold a header", unique, writer.capacity)
             return 0
         writer.views(HDR)
+        if handler is None:
+            call = _unsupported
+        elif not self.initialized and opcode != abi.INIT:
+            call = _before_init
+        else:
+            def call():
+                handler(nodeid, ctx, reader, writer)
         try:
-            if handler is None:
-                raise OSError(errno.ENOSYS, "unsupported opcode")
-            if not self.initialized and opcode != abi.INIT:
-                raise OSError(errno.EIO, "request before INIT")
-            if self.destroyed and opcode != abi.INIT:
-                raise OSError(errno.EIO, "request after DESTROY")
-            handler(nodeid, Ctx(uid, gid, pid), reader, writer)
+            return self._reply(call, opcode, unique, writer)
+        except _Wait as wait:
+            if complete is None:
+                return self._reply(wait.run, opcode, unique, writer)
+            threading.Thread(target=lambda: complete(self._reply(wait.run, opcode, unique, writer)),
+                             name=f"wait-{unique}", daemon=True).start()
+            return DEFERRED
+
+    def _reply(self, call, opcode, unique, writer):
+        """Run the operation; turn its outcome into the reply header."""
+        try:
+            call()
             error = 0
+        except _Wait:
+            raise
         except OSError as e:
             error = e.errno or errno.EIO
-            if error in (errno.ENOSYS, errno.EINVAL, errno.EIO, errno.ESTALE, errno.EBADF) and opcode != abi.LOOKUP:
+            if error in (errno.ENOSYS, errno.EINVAL, errno.EIO, errno.ESTALE, errno.EBADF):
                 log.debug("%s unique=%d -> %s (%s)", abi.OPCODE_NAMES.get(opcode, opcode), unique,
                           errno.errorcode.get(error, error), e.strerror)
             writer.truncate(HDR)
@@ -200,7 +240,10 @@ class FuseServer:
             self.vfs.forget(nid, n)
 
     def op_interrupt(self, nodeid, ctx, r, w):
-        r.read_struct(abi.INTERRUPT_IN)   # nothing we run blocks indefinitely yet
+        (target,) = r.read_struct(abi.INTERRUPT_IN)
+        waiter = self._waiters.get(target)
+        if waiter is not None:
+            self.vfs.locks.cancel(waiter)
 
     # -- inodes -------------------------------------------------------------------------
     def op_lookup(self, nodeid, ctx, r, w):
@@ -319,8 +362,35 @@ class FuseServer:
         self.vfs.flush(ctx, fh, lock_owner)
 
     def op_release(self, nodeid, ctx, r, w):
-        fh, _, _, _ = r.read_struct(abi.RELEASE_IN)
-        self.vfs.release(ctx, fh)
+        fh, _, release_flags, lock_owner = r.read_struct(abi.RELEASE_IN)
+        self.vfs.release(ctx, fh, lock_owner if release_flags & abi.RELEASE_FLOCK_UNLOCK else None)
+
+    # -- locks -------------------------------------------------------------------------------
+    def op_getlk(self, nodeid, ctx, r, w):
+        fh, owner, start, end, type_, pid, lk_flags, _ = r.read_struct(abi.LK_IN)
+        held = self.vfs.getlk(ctx, fh, owner, start, end, type_, bool(lk_flags & abi.LK_FLOCK))
+        w.write(abi.LK_OUT.pack(*(held or (start, end, fcntl.F_UNLCK, 0))))
+
+    def op_setlk(self, nodeid, ctx, r, w, wait=False):
+        fh, owner, start, end, type_, pid, lk_flags, _ = r.read_struct(abi.LK_IN)
+        flock = bool(lk_flags & abi.LK_FLOCK)
+        ctx.pid = pid or ctx.pid
+        try:
+            self.vfs.setlk(ctx, fh, owner, start, end, type_, flock)
+        except BlockingIOError:
+            if not wait:
+                raise
+            waiter = self._waiters[ctx.unique] = Waiter()
+
+            def run():
+                try:
+                    self.vfs.setlk(ctx, fh, owner, start, end, type_, flock, waiter)
+                finally:
+                    self._waiters.pop(ctx.unique, None)
+            raise _Wait(run) from None
+
+    def op_setlkw(self, nodeid, ctx, r, w):
+        self.op_setlk(nodeid, ctx, r, w, wait=True)
 
     def op_fsync(self, nodeid, ctx, r, w):
         fh, flags, _ = r.read_struct(abi.FSYNC_IN)

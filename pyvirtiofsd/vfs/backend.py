@@ -20,11 +20,12 @@ NOW = "now"        # SetAttr.atime / .mtime: the current time
 
 
 class Ctx:
-    """The caller of a request: credentials and umask (0 when unknown)."""
-    __slots__ = ("uid", "gid", "pid", "umask")
+    """The caller of a request: credentials and umask (0 when unknown), and
+    the request's unique id (0 outside a FUSE request)."""
+    __slots__ = ("uid", "gid", "pid", "umask", "unique")
 
-    def __init__(self, uid=0, gid=0, pid=0, umask=0):
-        self.uid, self.gid, self.pid, self.umask = uid, gid, pid, umask
+    def __init__(self, uid=0, gid=0, pid=0, umask=0, unique=0):
+        self.uid, self.gid, self.pid, self.umask, self.unique = uid, gid, pid, umask, unique
 
     def __repr__(self):
         return f"Ctx(uid={self.uid}, gid={self.gid}, pid={self.pid}, umask={self.umask:o})"

@@ -11,6 +11,7 @@ import logging
 import threading
 
 from .backend import ROOT_CTX, Backend, Ctx, SetAttr
+from .locks import LockTable
 
 ROOT_ID = 1
 NAME_MAX = 255
@@ -57,6 +58,7 @@ class Vfs:
         self._next_nodeid = ROOT_ID + 1
         self._files = {}
         self._next_fh = 1
+        self.locks = LockTable()
 
     # -- node table -------------------------------------------------------------
     def node(self, nodeid: int) -> Node:
@@ -184,13 +186,28 @@ class Vfs:
         return self.backend.write(ctx, self.file(fh).obj, offset, views, kill_suidgid)
 
     def flush(self, ctx, fh, lock_owner):
-        self.backend.flush(ctx, self.file(fh).obj, lock_owner)
+        f = self.file(fh)
+        # close(2) of any descriptor drops the caller's POSIX locks on the inode
+        self.locks.release_owner(f.node.handle.key, lock_owner)
+        self.backend.flush(ctx, f.obj, lock_owner)
 
     def fsync(self, ctx, fh, datasync):
         self.backend.fsync(ctx, self.file(fh).obj, datasync)
 
-    def release(self, ctx, fh):
-        self.backend.release(ctx, self._pop_file(fh, False).obj)
+    def release(self, ctx, fh, flock_owner=None):
+        f = self._pop_file(fh, False)
+        if flock_owner is not None:
+            self.locks.release_owner(f.node.handle.key, flock_owner, flock=True)
+        self.backend.release(ctx, f.obj)
+
+    def getlk(self, ctx, fh, owner, start, end, type_, flock=False):
+        """-> the blocking lock as (start, end, type, pid), or None."""
+        lk = self.locks.getlk(self.file(fh).node.handle.key, owner, start, end, type_, flock)
+        return (lk.start, lk.end, lk.type, lk.pid) if lk else None
+
+    def setlk(self, ctx, fh, owner, start, end, type_, flock=False, waiter=None):
+        self.locks.setlk(self.file(fh).node.handle.key, owner, ctx.pid, start, end, type_,
+                         flock=flock, waiter=waiter)
 
     def fallocate(self, ctx, fh, mode, offset, length):
         self.backend.fallocate(ctx, self.file(fh).obj, mode, offset, length)
