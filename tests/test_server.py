@@ -370,7 +370,7 @@ def test_setlkw_is_deferred_until_unlock_and_interrupt_cancels(fc, server):
     fc.setlk(f.nodeid, fh, 1, 0, 10, fcntl.F_UNLCK)
     assert done.wait(5) and replies[-1] == (16, 0, 9001)
     done.clear()
-    send_setlkw(9002)                             # owner 2 holds it now, so owner 1 waits
+    # owner 2 holds byte 5 now, so owner 1 waits
     req_owner1 = abi.LK_IN.pack(fh, 1, 0, 10, fcntl.F_WRLCK, 7, 0, 0)
     hdr = abi.IN_HEADER.pack(40 + len(req_owner1), abi.SETLKW, 9003, f.nodeid, 0, 0, 7, 0, 0)
     buf = bytearray(64)
