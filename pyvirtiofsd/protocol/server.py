@@ -9,6 +9,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import stat
 import threading
 
@@ -342,6 +343,22 @@ class FuseServer:
                                         flags & ~os.O_NOCTTY)
         self._write_entry(w, new, attr)
         w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
+
+    def op_tmpfile(self, nodeid, ctx, r, w):
+        # the kernel sends the name "/" of its placeholder dentry: not a name to check
+        flags, mode, ctx.umask, _ = r.read_struct(abi.CREATE_IN)
+        new, attr, fh = self.vfs.tmpfile(ctx, nodeid, stat.S_IFREG | (mode & 0o7777), flags & ~os.O_NOCTTY)
+        self._write_entry(w, new, attr)
+        w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
+
+    def op_ioctl(self, nodeid, ctx, r, w):
+        raise OSError(errno.ENOTTY, "no ioctls")
+
+    def op_poll(self, nodeid, ctx, r, w):
+        # files and directories here are always ready, as on a local disk
+        _fh, _kh, _flags, events = r.read_struct(abi.POLL_IN)
+        ready = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
+        w.write(abi.POLL_OUT.pack(events & ready, 0))
 
     def op_read(self, nodeid, ctx, r, w):
         fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)

@@ -183,6 +183,11 @@ class Backend:
         """-> (handle, Attr, file). EEXIST only with O_EXCL."""
         _nosys()
 
+    def tmpfile(self, ctx: Ctx, parent, mode: int, flags: int):
+        """O_TMPFILE: an unnamed regular file in parent -> (handle, Attr, file).
+        It can later get a name with link()."""
+        raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE on this backend")
+
     def read(self, ctx: Ctx, file, offset: int, views) -> int:
         """Fill the memoryviews from offset (preadv); -> bytes read."""
         _nosys()

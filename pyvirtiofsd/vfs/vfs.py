@@ -179,6 +179,11 @@ class Vfs:
         node = self._remember(handle)
         return node.nodeid, attr, self._add_file(node, obj, flags, False)
 
+    def tmpfile(self, ctx, parent, mode, flags):
+        handle, attr, obj = self.backend.tmpfile(ctx, self.node(parent).handle, mode, flags)
+        node = self._remember(handle)
+        return node.nodeid, attr, self._add_file(node, obj, flags, False)
+
     def read(self, ctx, fh, offset, views) -> int:
         return self.backend.read(ctx, self.file(fh).obj, offset, views)
 
