@@ -233,14 +233,15 @@ def serve(server, mountpoint, *, threads=2, fsname="pyvirtiofsd",
     session = FuseSession(server, mountpoint, threads=threads, fsname=fsname, log=log)
     old_handlers = {}
     try:
-        session.mount()
-        session.start()
         if threading.current_thread() is threading.main_thread():
+            # before the mount: a signal at any moment from here on unmounts
             def on_signal(signum, frame):
                 log.info("%s: unmounting %s", signal.Signals(signum).name, session.mountpoint)
                 session.request_stop()
             for sig in _STOP_SIGNALS:
                 old_handlers[sig] = signal.signal(sig, on_signal)
+        session.mount()
+        session.start()
         if ready is not None:
             ready.set() if isinstance(ready, threading.Event) else ready()
         session.wait()
