@@ -586,7 +586,7 @@ STEPS = st.lists(st.tuples(st.sampled_from(["root", "root", "root", "user"]), OP
 
 
 @pytest.mark.timeout(900)
-@settings(max_examples=int(os.environ.get("PYVFS_DIFF_EXAMPLES", "60")), deadline=None,
+@settings(max_examples=int(os.environ.get("PYVFS_DIFF_EXAMPLES", "100")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(steps=STEPS)
