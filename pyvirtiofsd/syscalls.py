@@ -125,7 +125,7 @@ def mknodat(dirfd, name, mode, dev=0):
 
 def utimensat(dirfd, name, atime_ns=None, mtime_ns=None, flags=0, *, atime_now=False, mtime_now=False):
     """Set times in nanoseconds; None leaves a time unchanged (UTIME_OMIT).
-    name None or b"" with AT_EMPTY_PATH works on dirfd itself."""
+    name "" with AT_EMPTY_PATH works on dirfd itself (O_PATH descriptors too)."""
     ts = ffi.new("struct timespec[2]")
     for i, (ns, now) in enumerate(((atime_ns, atime_now), (mtime_ns, mtime_now))):
         if now:
@@ -134,7 +134,7 @@ def utimensat(dirfd, name, atime_ns=None, mtime_ns=None, flags=0, *, atime_now=F
             ts[i].tv_sec, ts[i].tv_nsec = 0, UTIME_OMIT
         else:
             ts[i].tv_sec, ts[i].tv_nsec = divmod(ns, 1_000_000_000)
-    _check(libc.utimensat(dirfd, _b(name) if name else ffi.NULL, ts, flags), "utimensat", name)
+    _check(libc.utimensat(dirfd, ffi.NULL if name is None else _b(name), ts, flags), "utimensat", name)
 
 
 def name_to_handle_at(dirfd, name, flags=0):

@@ -218,7 +218,7 @@ class FuseClient:
         self.call(abi.SETLKW if wait else abi.SETLK, nodeid, body)
 
     def statfs(self, nodeid=1):
-        return abi.KSTATFS.unpack(self.call(abi.STATFS, nodeid))
+        return abi.KSTATFS.unpack(self.call(abi.STATFS, nodeid))[:8]
 
     def access(self, nodeid, mask):
         self.call(abi.ACCESS, nodeid, abi.ACCESS_IN.pack(mask, 0))

@@ -57,7 +57,7 @@ def test_init_negotiates_version_and_limits(server):
     assert max_pages == 256 and flags & abi.DO_READDIRPLUS and flags & abi.MAX_PAGES
     assert not flags & abi.WRITEBACK_CACHE          # never accepted unasked
     limited = FuseClient(direct_transport(FuseServer(server.vfs)))
-    assert limited.init(flags=abi.ASYNC_READ)[3] == abi.ASYNC_READ   # never more than offered
+    assert limited.init(flags=abi.ASYNC_READ)[3] == abi.ASYNC_READ | abi.INIT_EXT   # never more than offered
 
 
 def test_requests_before_init_and_unknown_opcodes(server):
