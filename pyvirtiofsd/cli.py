@@ -22,7 +22,11 @@ def build_parser():
     p.add_argument("--socket-path", metavar="PATH", help="vhost-user UNIX socket to listen on")
     p.add_argument("--fd", type=int, metavar="N", help="an already listening socket (from libvirt)")
     p.add_argument("--mount", metavar="DIR", help="serve through /dev/fuse on this host directory instead")
-    p.add_argument("--shared-dir", metavar="DIR", help="host directory to export")
+    p.add_argument("--shared-dir", metavar="DIR",
+                   help="host directory to export (with --backend memory: copied in at start)")
+    p.add_argument("--backend", choices=["host", "memory"], default="host",
+                   help="host: pass through --shared-dir; memory: a tmpfs-like tree in RAM")
+    p.add_argument("--memory-size", type=int, metavar="BYTES", help="memory backend: capacity")
     p.add_argument("--tag", default="myfs", help="virtio-fs tag (when the front-end asks the back-end's config)")
     p.add_argument("--cache", choices=["auto", "always", "never", "metadata"], default="auto")
     p.add_argument("--thread-pool-size", type=int, default=0, metavar="N",
@@ -41,9 +45,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.print_capabilities:
         return args
-    if not args.shared_dir:
+    if not args.shared_dir and args.backend == "host":
         p.error("--shared-dir is required")
-    if not os.path.isdir(args.shared_dir):
+    if args.shared_dir and not os.path.isdir(args.shared_dir):
         p.error(f"--shared-dir {args.shared_dir}: not a directory")
     transports = [x for x in (args.socket_path, args.fd, args.mount) if x is not None]
     if len(transports) != 1:
@@ -53,6 +57,15 @@ def parse_args(argv=None):
     if args.mount and not os.path.isdir(args.mount):
         p.error(f"--mount {args.mount}: not a directory")
     return args
+
+
+def make_backend(args):
+    if args.backend == "memory":
+        from .vfs.backends.memory import MemoryBackend
+        return MemoryBackend(max_bytes=args.memory_size, allow_devices=args.allow_devices,
+                             prefill=args.shared_dir)
+    from .vfs.backends.host import HostBackend
+    return HostBackend(args.shared_dir, xattr=args.xattr, allow_devices=args.allow_devices)
 
 
 def main(argv=None) -> int:
@@ -65,12 +78,11 @@ def main(argv=None) -> int:
     log = logging.getLogger("pyvirtiofsd")
 
     from .protocol.server import FuseServer
-    from .vfs.backends.host import HostBackend
     from .vfs.vfs import Vfs
 
-    backend = HostBackend(args.shared_dir, xattr=args.xattr, allow_devices=args.allow_devices)
+    backend = make_backend(args)
     server = FuseServer(Vfs(backend, cache=args.cache), log_requests=args.log_level == "trace")
-    log.info("exporting %s (cache=%s)", args.shared_dir, args.cache)
+    log.info("exporting %s backend %s (cache=%s)", args.backend, args.shared_dir or "", args.cache)
     try:
         if args.mount:
             from .device import fusedev

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 NOW = "now"        # SetAttr.atime / .mtime: the current time
+RENAME_NOREPLACE = 1   # rename flags (linux/fs.h)
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
 
 
 class Ctx:
