@@ -188,19 +188,20 @@ def test_signal_unmounts_cleanly(tmp_path, sig):
     script = SERVE_SCRIPT.format(tests=os.path.dirname(__file__))
     proc = subprocess.Popen([sys.executable, "-c", script, mnt], cwd=fusemount.REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "ready\n"
-        assert is_mounted(mnt) and os.stat(mnt).st_ino == 1
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=15)
-        assert proc.returncode == 0, err
-        assert "unmounted" in err
-        assert not is_mounted(mnt)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        fusemount.force_unmount(mnt)
+    with proc:
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            assert is_mounted(mnt) and os.stat(mnt).st_ino == 1
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=15)
+            assert proc.returncode == 0, err
+            assert "unmounted" in err
+            assert not is_mounted(mnt)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            fusemount.force_unmount(mnt)
 
 
 def test_killed_daemon_leaves_enotconn_not_a_hang(tmp_path):
@@ -210,18 +211,19 @@ def test_killed_daemon_leaves_enotconn_not_a_hang(tmp_path):
     script = SERVE_SCRIPT.format(tests=os.path.dirname(__file__))
     proc = subprocess.Popen([sys.executable, "-c", script, mnt], cwd=fusemount.REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout.readline() == "ready\n"
-        proc.kill()
-        proc.wait(10)
-        with pytest.raises(OSError) as e:
-            os.stat(mnt)
-        assert e.value.errno == errno.ENOTCONN
-    finally:
-        if proc.poll() is None:
+    with proc:
+        try:
+            assert proc.stdout.readline() == "ready\n"
             proc.kill()
-            proc.wait()
-        fusemount.force_unmount(mnt)
+            proc.wait(10)
+            with pytest.raises(OSError) as e:
+                os.stat(mnt)
+            assert e.value.errno == errno.ENOTCONN
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            fusemount.force_unmount(mnt)
     assert not is_mounted(mnt)
 
 
