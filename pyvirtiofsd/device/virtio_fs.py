@@ -1,0 +1,179 @@
+"""The virtio-fs device: queue 0 is the high-priority queue (FORGET,
+BATCH_FORGET, INTERRUPT), queues 1..N carry requests. One worker thread per
+started queue waits on its kick eventfd, serves every available chain
+through the FUSE server and signals the guest once per batch.
+"""
+import contextlib
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+from functools import partial
+
+from ..protocol.buffers import Reader, Writer
+from ..protocol.server import DEFERRED
+from .vhost_user import VhostUserBackend
+from .virtqueue import BadChain
+
+MAX_REQUEST_QUEUES = 16
+TAG_SIZE = 36
+STOP_TIMEOUT = 30
+
+
+class RWLock:
+    """Many queue workers read guest memory; SET_MEM_TABLE replaces it alone."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextlib.contextmanager
+    def reading(self):
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self):
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._writer = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class QueueWorker(threading.Thread):
+    def __init__(self, device, vq):
+        super().__init__(name=f"vq{vq.index}", daemon=True)
+        self.device, self.vq = device, vq
+        self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self.broken = False
+
+    def stop(self):
+        os.eventfd_write(self.stop_fd, 1)
+        self.join(STOP_TIMEOUT)
+        if self.is_alive():
+            self.device.log.error("queue %d worker did not stop in %ds", self.vq.index, STOP_TIMEOUT)
+        os.close(self.stop_fd)
+
+    def run(self):
+        poller = select.poll()
+        poller.register(self.vq.kick_fd, select.POLLIN)
+        poller.register(self.stop_fd, select.POLLIN)
+        self.device.log.debug("queue %d started (size %d)", self.vq.index, self.vq.size)
+        while True:
+            ready = dict(poller.poll())
+            if self.stop_fd in ready:
+                return
+            if self.vq.kick_fd in ready:
+                try:
+                    os.eventfd_read(self.vq.kick_fd)
+                except BlockingIOError:
+                    pass
+                if not self.broken:
+                    self.drain()
+
+    def drain(self):
+        vq, server = self.vq, self.device.server
+        with self.device.memory_lock.reading():
+            if vq.mem is None:
+                return
+            while True:
+                try:
+                    item = vq.pop()
+                except BadChain as e:
+                    self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
+                    self.broken = True
+                    break
+                if item is None:
+                    break
+                head, readable, writable = item
+                if readable is None:
+                    vq.push(head, 0)
+                    continue
+                n = server.handle(Reader(readable), Writer(writable), partial(self.complete, head))
+                if n != DEFERRED:
+                    vq.push(head, n)
+            vq.notify()
+
+    def complete(self, head, n):
+        """A deferred reply is written: hand its chain back."""
+        with self.device.memory_lock.reading():
+            if self.vq.mem is not None:
+                self.vq.push(head, n)
+                self.vq.notify()
+
+
+class VirtioFsDevice:
+    def __init__(self, server, tag="myfs", num_request_queues=1, log=None):
+        self.server = server
+        self.log = log or logging.getLogger("pyvirtiofsd")
+        self.max_queues = 1 + max(MAX_REQUEST_QUEUES, num_request_queues)
+        tag_bytes = tag.encode()
+        if not 0 < len(tag_bytes) <= TAG_SIZE:
+            raise ValueError(f"tag must be 1..{TAG_SIZE} bytes")
+        self.config_space = tag_bytes.ljust(TAG_SIZE, b"\0") + struct.pack("<I", num_request_queues)
+        self.memory_lock = RWLock()
+        self.workers = {}
+
+    def start_queue(self, vq):
+        w = QueueWorker(self, vq)
+        self.workers[vq.index] = w
+        w.start()
+
+    def stop_queue(self, vq):
+        w = self.workers.pop(vq.index, None)
+        if w is not None:
+            w.stop()
+
+
+def _listen(socket_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        if not os.path.exists(socket_path) or not os.path.isdir(socket_path):
+            os.unlink(socket_path)
+    sock.bind(socket_path)
+    sock.listen(1)
+    return sock
+
+
+def serve(server, *, socket_path=None, listen_fd=None, tag="myfs", num_request_queues=1,
+          log=logging.getLogger("pyvirtiofsd")) -> int:
+    """Accept one vhost-user front-end and serve it until it disconnects."""
+    sock = _listen(socket_path) if socket_path else socket.socket(fileno=listen_fd)
+    try:
+        log.info("waiting for a vhost-user front-end on %s", socket_path or f"fd {listen_fd}")
+        conn, _ = sock.accept()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close()
+        if socket_path:
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path)
+    log.info("front-end connected")
+    device = VirtioFsDevice(server, tag, num_request_queues, log)
+    try:
+        VhostUserBackend(conn, device).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conn.close()
+    return 0

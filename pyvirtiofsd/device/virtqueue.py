@@ -1,0 +1,146 @@
+"""A split virtqueue (virtio 1.x, 2.7): descriptor table, available ring and
+used ring in guest memory, with indirect descriptors and EVENT_IDX.
+
+The guest is untrusted: a chain that loops, runs off the table, nests
+indirect tables, puts a readable buffer after a writable one, or points
+outside guest memory is refused (logged, and returned as used with length 0)
+— never followed further.
+"""
+import logging
+import os
+import struct
+import threading
+
+from .memory import BadAddress
+
+log = logging.getLogger("pyvirtiofsd.virtqueue")
+
+DESC = struct.Struct("<QIHH")      # addr len flags next
+U16 = struct.Struct("<H")
+USED_ELEM = struct.Struct("<II")   # id len
+F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
+AVAIL_F_NO_INTERRUPT = 1
+MAX_QUEUE_SIZE = 32768
+
+
+class BadChain(Exception):
+    pass
+
+
+class Virtqueue:
+    def __init__(self, index: int):
+        self.index = index
+        self.size = 0
+        self.addrs = None            # (desc, used, avail) front-end addresses
+        self.last_avail = 0
+        self.used_idx = 0
+        self.event_idx = False
+        self.kick_fd = None
+        self.call_fd = None
+        self.enabled = False
+        self.desc = self.avail = self.used = None
+        self.mem = None
+        self._push_lock = threading.Lock()
+        self._signalled_used = 0
+
+    def attach(self, mem):
+        """Map the rings in guest memory (after SET_VRING_ADDR / SET_MEM_TABLE)."""
+        if not self.size or self.addrs is None:
+            raise BadAddress("queue size or ring addresses not set")
+        desc, used, avail = self.addrs
+        n = self.size
+        self.desc = mem.user_view(desc, 16 * n)
+        self.avail = mem.user_view(avail, 6 + 2 * n)
+        self.used = mem.user_view(used, 6 + 8 * n)
+        self.mem = mem
+        self.used_idx = U16.unpack_from(self.used, 2)[0]
+
+    def detach(self):
+        self.desc = self.avail = self.used = self.mem = None
+
+    # -- the available side ---------------------------------------------------------------
+    def pending(self) -> int:
+        avail_idx = U16.unpack_from(self.avail, 2)[0]
+        n = (avail_idx - self.last_avail) & 0xFFFF
+        if n > self.size:
+            raise BadChain(f"queue {self.index}: avail idx {avail_idx} is {n} ahead of {self.last_avail}")
+        return n
+
+    def pop(self):
+        """Next chain as (head, readable views, writable views), None when empty.
+        A malformed chain is returned with views None (push it with len 0);
+        a bad head index raises BadChain: the queue cannot go on."""
+        if not self.pending():
+            return None
+        slot = self.last_avail % self.size
+        head = U16.unpack_from(self.avail, 4 + 2 * slot)[0]
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        if self.event_idx:       # avail_event: kick us again only past this point
+            U16.pack_into(self.used, 4 + 8 * self.size, self.last_avail)
+        if head >= self.size:
+            raise BadChain(f"queue {self.index}: head index {head} outside a table of {self.size}")
+        try:
+            readable, writable = self._walk(head)
+        except (BadChain, BadAddress) as e:
+            log.warning("queue %d: refused descriptor chain at %d: %s", self.index, head, e)
+            return head, None, None
+        return head, readable, writable
+
+    def _walk(self, head):
+        mem = self.mem
+        table, table_len, idx = self.desc, self.size, head
+        readable, writable = [], []
+        seen, indirect = 0, False
+        while True:
+            if idx >= table_len:
+                raise BadChain(f"next index {idx} outside a table of {table_len}")
+            addr, length, flags, nxt = DESC.unpack_from(table, 16 * idx)
+            if flags & F_INDIRECT:
+                if indirect:
+                    raise BadChain("indirect descriptor inside an indirect table")
+                if flags & F_NEXT or seen:
+                    raise BadChain("indirect descriptor chained to others")
+                if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
+                    raise BadChain(f"indirect table of {length} bytes")
+                table, table_len, idx = mem.contiguous(addr, length), length // 16, 0
+                indirect = True
+                continue
+            seen += 1
+            if seen > table_len:
+                raise BadChain("descriptor chain loops")
+            if flags & F_WRITE:
+                writable += mem.translate(addr, length)
+            else:
+                if writable:
+                    raise BadChain("readable descriptor after a writable one")
+                readable += mem.translate(addr, length)
+            if not flags & F_NEXT:
+                return readable, writable
+            idx = nxt
+
+    # -- the used side ----------------------------------------------------------------------
+    def push(self, head: int, length: int) -> None:
+        with self._push_lock:
+            slot = self.used_idx % self.size
+            USED_ELEM.pack_into(self.used, 4 + 8 * slot, head, length)
+            self.used_idx = (self.used_idx + 1) & 0xFFFF
+            U16.pack_into(self.used, 2, self.used_idx)
+
+    def notify(self) -> None:
+        """Signal the guest if it wants to hear about the used entries so far."""
+        with self._push_lock:
+            new, old = self.used_idx, self._signalled_used
+            if new == old:
+                return
+            if self.event_idx:
+                used_event = U16.unpack_from(self.avail, 4 + 2 * self.size)[0]
+                # vring_need_event: did new pass used_event since the last signal?
+                if ((new - used_event - 1) & 0xFFFF) >= ((new - old) & 0xFFFF):
+                    self._signalled_used = new
+                    return
+            elif U16.unpack_from(self.avail, 0)[0] & AVAIL_F_NO_INTERRUPT:
+                self._signalled_used = new
+                return
+            self._signalled_used = new
+        if self.call_fd is not None:
+            os.eventfd_write(self.call_fd, 1)
