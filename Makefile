@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-APT_PKGS := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio cpio attr acl kmod
+APT_PKGS := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio cpio attr acl kmod gcc libc6-dev
 
 .PHONY: test demo deps venv bench clean
 
