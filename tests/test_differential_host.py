@@ -299,6 +299,10 @@ class Sides:
         return roots
 
     def cleanup(self, name):
+        # through the mount, so the kernel forgets the inodes: HostBackend
+        # keeps an O_PATH fd per inode the kernel knows, and files removed
+        # behind its back stay known (cache=auto) until memory pressure
+        shutil.rmtree(os.path.join(self.mnt, name), ignore_errors=True)
         for base in (self.plain, self.backing):
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
