@@ -149,6 +149,9 @@ class Runner:
     def op_rename(self, src, dst):
         os.rename(self.p(src), self.p(dst))
 
+    def op_rename2(self, src, dst, flags):
+        syscalls.renameat2(syscalls.AT_FDCWD, self.p(src), syscalls.AT_FDCWD, self.p(dst), flags)
+
     def op_chmod(self, path, mode):
         os.chmod(self.p(path), mode)
 
@@ -371,6 +374,7 @@ CREAT, EXCL, TRUNC, APPEND = O.O_CREAT, O.O_EXCL, O.O_TRUNC, O.O_APPEND
 XC, XR = os.XATTR_CREATE, os.XATTR_REPLACE
 KEEP, PUNCH, ZERO = syscalls.FALLOC_FL_KEEP_SIZE, syscalls.FALLOC_FL_PUNCH_HOLE, syscalls.FALLOC_FL_ZERO_RANGE
 T1, T2, T3, T4 = EXPLICIT_NS
+NOREPLACE, EXCHANGE, WHITEOUT = syscalls.RENAME_NOREPLACE, syscalls.RENAME_EXCHANGE, syscalls.RENAME_WHITEOUT
 
 
 def R(*op):
@@ -447,6 +451,15 @@ CORPUS = {
         R("rename", "d", "d/sub"), R("rename", "d", "d"), R("link", "b", "c"), R("rename", "b", "c"),
         R("listdir", "."), R("rename", "missing", "z"), R("rename", "c", "d/c"), R("lstat", "d/c"),
         R("rename", "e", "d/e2"), R("listdir", "d"), R("lstat", "d/e2/x"),
+    ],
+    "rename_flags": [
+        R("open", "a", WO | CREAT, 0o644, 0), R("write", 0, b"A"), R("mkdir", "d", 0o700),
+        R("open", "d/x", WO | CREAT, 0o600, 1), R("rename2", "a", "d", NOREPLACE), R("rename2", "a", "b", NOREPLACE),
+        R("rename2", "b", "d", EXCHANGE), R("lstat", "d"), R("lstat", "b/x"), R("rename2", "d", "zz", EXCHANGE),
+        R("rename2", "d", "d", EXCHANGE), R("rename2", "d", "b", EXCHANGE | NOREPLACE),
+        R("rename2", "d", "w", WHITEOUT), R("lstat", "d"), R("lstat", "w"), R("listdir", "."),
+        R("rename2", "b", "b/x", EXCHANGE), R("rename2", "b/x", "y", 8),
+        U("rename2", "w", "u", NOREPLACE), U("rename2", "y", "u", EXCHANGE),
     ],
     "chmod_chown_utime": [
         R("open", "f", WO | CREAT, 0o644, 0), R("chmod", "f", 0o4751), R("lstat", "f"),
@@ -580,6 +593,7 @@ OP = st.one_of(
     st.tuples(st.just("symlink"), st.sampled_from(TARGETS), path),
     st.tuples(st.just("readlink"), path),
     st.tuples(st.just("rename"), path, path),
+    st.tuples(st.just("rename2"), path, path, st.sampled_from([NOREPLACE, EXCHANGE])),
     st.tuples(st.just("chmod"), path, mode),
     st.tuples(st.just("chown"), path, st.sampled_from(IDS), st.sampled_from(IDS), st.booleans()),
     st.tuples(st.just("utime"), path, ns_pair, st.booleans()),
