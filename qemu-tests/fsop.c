@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -23,8 +24,17 @@ static int done(long rc)
 
 int main(int argc, char **argv)
 {
+	/* fsop as UID GID OP ARGS...: run the call as another user */
+	if (argc > 4 && !strcmp(argv[1], "as")) {
+		if (setgroups(0, NULL) || setgid(atoi(argv[3])) || setuid(atoi(argv[2]))) {
+			perror("fsop as");
+			return 2;
+		}
+		argv += 3;
+		argc -= 3;
+	}
 	if (argc < 3) {
-		fprintf(stderr, "usage: fsop OP ARGS...\n");
+		fprintf(stderr, "usage: fsop [as UID GID] OP ARGS...\n");
 		return 2;
 	}
 	const char *op = argv[1], *a = argv[2], *b = argc > 3 ? argv[3] : NULL;
