@@ -1,0 +1,253 @@
+"""The vhost-user back-end driven by a Python front-end (tests/vhost_frontend.py)
+that does what QEMU does: real FUSE traffic through guest memory, two
+request queues, indirect descriptors, EVENT_IDX — and hostile messages and
+descriptor chains, which must be refused without crash or hang."""
+import logging
+import os
+import struct
+import threading
+
+import pytest
+
+from fuse_client import FuseClient
+from pyvirtiofsd.device import vhost_user as vu
+from pyvirtiofsd.device import virtio_fs
+from pyvirtiofsd.device.virtqueue import F_INDIRECT, F_NEXT, F_WRITE
+from pyvirtiofsd.protocol import abi
+from pyvirtiofsd.protocol.server import FuseServer
+from pyvirtiofsd.vfs.backends.host import HostBackend
+from pyvirtiofsd.vfs.vfs import Vfs
+from vhost_frontend import Frontend
+
+ROOT = abi.ROOT_ID
+
+
+class Daemon:
+    """serve() in a thread, as the CLI runs it."""
+
+    def __init__(self, share, sock):
+        self.server = FuseServer(Vfs(HostBackend(share)))
+        self.rc = None
+        self.thread = threading.Thread(target=self._run, args=(sock,), daemon=True)
+        self.thread.start()
+
+    def _run(self, sock):
+        self.rc = virtio_fs.serve(self.server, socket_path=sock)
+
+    def wait(self, timeout=10):
+        self.thread.join(timeout)
+        return self.rc
+
+
+@pytest.fixture
+def share(tmp_path):
+    d = tmp_path / "share"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def setup(share, tmp_path):
+    sock = str(tmp_path / "vfs.sock")
+    daemon = Daemon(str(share), sock)
+    fe = Frontend(sock)
+    yield daemon, fe
+    fe.close()
+    assert daemon.wait() == 0, "serve() must return 0 when the front-end goes away"
+    assert not os.path.exists(sock)
+
+
+def client(fe, queue=1, **kw):
+    c = FuseClient(lambda req, room: fe.request(req, room, queue=queue, **kw))
+    c.init()
+    return c
+
+
+def test_handshake_like_qemu_and_fuse_round_trips(setup, share):
+    daemon, fe = setup
+    fe.handshake()
+    assert fe.max_queues >= 3
+    c = client(fe)
+    e, fh = c.create(ROOT, b"data", 0o644)
+    payload = os.urandom(1 << 20)
+    for off in range(0, len(payload), 256 << 10):
+        assert c.write(e.nodeid, fh, off, payload[off:off + (256 << 10)]) == 256 << 10
+    assert (share / "data").read_bytes() == payload
+    assert c.read(e.nodeid, fh, 0, 1 << 20) == payload
+    c.release(e.nodeid, fh)
+    assert c.lookup(ROOT, b"data").attr.size == 1 << 20
+
+
+def test_indirect_and_scattered_requests(setup, share):
+    daemon, fe = setup
+    fe.handshake()
+    plain = client(fe)
+    indirect = FuseClient(lambda req, room: fe.request(req, room, indirect=True))
+    scattered = FuseClient(lambda req, room: fe.request(req, room, split=97))   # odd-sized buffers
+    d = plain.mkdir(ROOT, b"d")
+    assert indirect.lookup(ROOT, b"d").nodeid == d.nodeid
+    assert scattered.lookup(ROOT, b"d").nodeid == d.nodeid
+    e, fh = scattered.create(d.nodeid, b"f")
+    assert scattered.write(e.nodeid, fh, 0, b"x" * 5000) == 5000
+    assert indirect.read(e.nodeid, fh, 0, 5000) == b"x" * 5000
+    assert (share / "d" / "f").read_bytes() == b"x" * 5000
+
+
+def test_second_request_queue(share, tmp_path):
+    sock = str(tmp_path / "vfs.sock")
+    daemon = Daemon(str(share), sock)
+    fe = Frontend(sock, num_queues=3)
+    try:
+        fe.handshake()
+        a, b = client(fe, queue=1), client(fe, queue=2)
+        e = a.mkdir(ROOT, b"x")
+        assert b.lookup(ROOT, b"x").nodeid == e.nodeid
+        assert fe.used_idx(fe.queues[2]) > 0 and fe.used_idx(fe.queues[1]) > 0
+    finally:
+        fe.close()
+    assert daemon.wait() == 0
+
+
+def test_hiprio_queue_forgets(setup, share):
+    daemon, fe = setup
+    fe.handshake()
+    c = client(fe)
+    (share / "f").write_bytes(b"")
+    e = c.lookup(ROOT, b"f")
+    hi = FuseClient(lambda req, room: fe.request(req, room, queue=0))
+    hi.forget(e.nodeid, 1)
+    with pytest.raises(OSError):
+        daemon.server.vfs.node(e.nodeid)
+
+
+def test_event_idx_suppresses_and_sends_notifications(setup):
+    daemon, fe = setup
+    fe.handshake()
+    c = client(fe)
+    q = fe.queues[1]
+    fe.set_used_event(q, (fe.used_idx(q) + 10) & 0xFFFF)      # "don't call me yet"
+    fe.signalled(q, 0)
+    c.getattr(ROOT)
+    assert not fe.signalled(q, 0.3)
+    fe.set_used_event(q, fe.used_idx(q))                       # "call me at the next one"
+    req = abi.IN_HEADER.pack(56, abi.GETATTR, 99, ROOT, 0, 0, 0, 0, 0) + abi.GETATTR_IN.pack(0, 0, 0)
+    head, _ = fe.chain(q, [req], [200])
+    fe.publish(q, head)
+    assert fe.signalled(q, 5)
+    assert fe.wait_used(q)[0] == head
+
+
+def hostile(fe, q, place):
+    """Place a chain with place(q) -> head; return its used length."""
+    head = place(q)
+    fe.publish(q, head)
+    got, length = fe.wait_used(q, timeout=5)
+    assert got == head
+    return length
+
+
+def test_malformed_chains_are_refused_and_the_daemon_goes_on(setup, caplog):
+    daemon, fe = setup
+    fe.handshake()
+    c = client(fe)
+    q = fe.queues[1]
+    good = fe.alloc(64)
+    cases = {
+        "loop": lambda q: (fe.write_desc(q, 5, good, 8, F_NEXT, 6), fe.write_desc(q, 6, good, 8, F_NEXT, 5), 5)[-1],
+        "next out of table": lambda q: (fe.write_desc(q, 5, good, 8, F_NEXT, 999), 5)[-1],
+        "address outside memory": lambda q: (fe.write_desc(q, 5, fe.mem_size + 4096, 64, 0), 5)[-1],
+        "length past the end": lambda q: (fe.write_desc(q, 5, fe.mem_size - 16, 1 << 30, F_WRITE), 5)[-1],
+        "address wraps": lambda q: (fe.write_desc(q, 5, (1 << 64) - 8, 64, 0), 5)[-1],
+        "readable after writable": lambda q: (fe.write_desc(q, 5, good, 8, F_WRITE | F_NEXT, 6),
+                                              fe.write_desc(q, 6, good, 8, 0), 5)[-1],
+        "indirect length not 16n": lambda q: (fe.write_desc(q, 5, good, 24, F_INDIRECT), 5)[-1],
+        "indirect inside indirect": lambda q: (fe.write_desc(q, 0, good, 16, F_INDIRECT, table=good),
+                                               fe.write_desc(q, 5, good, 16, F_INDIRECT), 5)[-1],
+        "indirect table outside memory": lambda q: (fe.write_desc(q, 5, fe.mem_size, 64, F_INDIRECT), 5)[-1],
+        "indirect with next": lambda q: (fe.write_desc(q, 5, good, 16, F_INDIRECT | F_NEXT, 6), 5)[-1],
+        "empty readable part": lambda q: (fe.write_desc(q, 5, good, 0, 0), 5)[-1],
+    }
+    with caplog.at_level(logging.WARNING):
+        for name, place in cases.items():
+            assert hostile(fe, q, place) == 0, name
+            assert c.getattr(ROOT).mode & 0o40000, f"daemon stopped serving after {name}"
+    assert "loops" in caplog.text and "not in guest memory" in caplog.text
+
+
+def test_garbage_fuse_requests_through_guest_memory(setup):
+    daemon, fe = setup
+    fe.handshake()
+    c = client(fe)
+    q = fe.queues[1]
+    for junk in (b"", b"\xff" * 7, os.urandom(40), abi.IN_HEADER.pack(1 << 31, abi.WRITE, 1, 1, 0, 0, 0, 0, 0)):
+        fe.request(junk, 256)
+    head, _ = fe.chain(q, [abi.IN_HEADER.pack(40, abi.GETATTR, 9, ROOT, 0, 0, 0, 0, 0)], [4])  # room too small
+    fe.publish(q, head)
+    assert fe.wait_used(q) == (head, 0)
+    assert c.getattr(ROOT).nlink >= 2
+
+
+def test_bad_head_breaks_only_that_queue(share, tmp_path, caplog):
+    sock = str(tmp_path / "vfs.sock")
+    daemon = Daemon(str(share), sock)
+    fe = Frontend(sock, num_queues=3)
+    try:
+        fe.handshake()
+        good = client(fe, queue=2)
+        q = fe.queues[1]
+        with caplog.at_level(logging.ERROR):
+            fe.publish(q, 1000)                                # a head index past the table
+            good.getattr(ROOT)
+            for _ in range(50):
+                if "broken" in caplog.text:
+                    break
+                threading.Event().wait(0.05)
+        assert "broken" in caplog.text
+        assert good.getattr(ROOT).ino == os.stat(share).st_ino
+        # an avail index jumping past the queue size is refused the same way
+        q2 = fe.queues[2]
+        caplog.clear()
+        struct.pack_into("<H", fe.view, q2.avail + 2, (q2.avail_idx + q2.size + 5) & 0xFFFF)
+        os.eventfd_write(q2.kick, 1)
+        for _ in range(50):
+            if "ahead of" in caplog.text:
+                break
+            threading.Event().wait(0.05)
+        assert "ahead of" in caplog.text
+    finally:
+        fe.close()
+    assert daemon.wait() == 0
+
+
+def test_protocol_errors(setup, share, caplog):
+    daemon, fe = setup
+    fe.send(2, vu.U64.pack(vu.F_VERSION_1 | vu.F_PROTOCOL_FEATURES))
+    fe.send(16, vu.U64.pack(vu.PF_REPLY_ACK))
+    assert fe.acked(999) == 1                                  # unknown request
+    assert fe.acked(6, vu.U64.pack(0)) == 1                    # no dirty log was offered
+    assert fe.acked(5, vu.MEM_HEADER.pack(2, 0) + vu.MEM_REGION.pack(0, 4096, 0, 0) * 2, [fe.memfd]) == 1
+    assert fe.acked(5, vu.MEM_HEADER.pack(0, 0)) == 1
+    assert fe.acked(8, vu.VRING_STATE.pack(0, 3)) == 1          # not a power of two
+    assert fe.acked(8, vu.VRING_STATE.pack(500, 64)) == 1        # no such queue
+    table = vu.MEM_HEADER.pack(1, 0) + vu.MEM_REGION.pack(0, fe.mem_size, 0x1000, 0)
+    assert fe.acked(5, table, [fe.memfd]) == 0
+    assert fe.acked(8, vu.VRING_STATE.pack(1, 64)) == 0
+    assert fe.acked(9, vu.VRING_ADDR.pack(1, 0, 0xdead0000, 0x1000, 0x2000, 0)) == 1   # ring outside memory
+    # an oversized message ends the connection; serve() still returns 0 (checked by the fixture)
+    fe.sock.sendall(vu.HEADER.pack(1, vu.VERSION, 1 << 20))
+    assert fe.sock.recv(16) == b""
+
+
+def test_get_vring_base_stops_the_queue_and_reports_progress(setup):
+    daemon, fe = setup
+    fe.handshake()
+    c = client(fe)
+    c.getattr(ROOT)
+    index, num = vu.VRING_STATE.unpack(fe.call(11, vu.VRING_STATE.pack(1, 0)))
+    assert (index, num) == (1, fe.queues[1].avail_idx)
+    q = fe.queues[1]
+    before = fe.used_idx(q)
+    head, _ = fe.chain(q, [abi.IN_HEADER.pack(56, abi.GETATTR, 7, ROOT, 0, 0, 0, 0, 0) + bytes(16)], [200])
+    fe.publish(q, head)
+    threading.Event().wait(0.3)
+    assert fe.used_idx(q) == before                            # a stopped queue is not served
