@@ -251,3 +251,30 @@ def test_get_vring_base_stops_the_queue_and_reports_progress(setup):
     fe.publish(q, head)
     threading.Event().wait(0.3)
     assert fe.used_idx(q) == before                            # a stopped queue is not served
+
+
+def test_cli_with_a_listening_fd_from_libvirt_exits_0_on_disconnect(share, tmp_path):
+    """`pyvirtiofsd --fd N`: libvirt hands over a listening socket."""
+    import socket
+    import subprocess
+    import sys
+    path = str(tmp_path / "libvirt.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    proc = subprocess.Popen([sys.executable, "-m", "pyvirtiofsd", "--fd", str(listener.fileno()),
+                             "--shared-dir", str(share)], pass_fds=[listener.fileno()],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    listener.close()
+    try:
+        fe = Frontend(path)
+        fe.handshake()
+        c = client(fe)
+        c.mkdir(ROOT, b"via-fd")
+        fe.close()
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert (share / "via-fd").is_dir() and "requests served" in out
