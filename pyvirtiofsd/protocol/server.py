@@ -44,7 +44,8 @@ def _before_init():
 # What we accept of the kernel's INIT offer (more is added per cache mode).
 BASE_FLAGS = (abi.ASYNC_READ | abi.ATOMIC_O_TRUNC | abi.BIG_WRITES | abi.ASYNC_DIO
               | abi.PARALLEL_DIROPS | abi.MAX_PAGES | abi.DO_READDIRPLUS
-              | abi.READDIRPLUS_AUTO | abi.INIT_EXT | abi.POSIX_LOCKS | abi.FLOCK_LOCKS)
+              | abi.READDIRPLUS_AUTO | abi.INIT_EXT | abi.POSIX_LOCKS | abi.FLOCK_LOCKS
+              | abi.HANDLE_KILLPRIV_V2)
 
 _u64 = (1 << 64) - 1
 
@@ -332,15 +333,28 @@ class FuseServer:
 
     # -- files ------------------------------------------------------------------------------
     def op_open(self, nodeid, ctx, r, w):
-        flags, _ = r.read_struct(abi.OPEN_IN)
+        flags, open_flags = r.read_struct(abi.OPEN_IN)
         fh = self.vfs.open(ctx, nodeid, flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY))
+        if open_flags & abi.OPEN_KILL_SUIDGID:
+            self._kill_suidgid(ctx, nodeid, fh)
         w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
 
+    def _kill_suidgid(self, ctx, nodeid, fh):
+        """HANDLE_KILLPRIV_V2: the kernel leaves clearing setuid/setgid to us
+        when an unprivileged caller truncates on open."""
+        try:
+            self.vfs.setattr(ctx, nodeid, fh, SetAttr(kill_suidgid=True))
+        except BaseException:
+            self.vfs.release(ctx, fh)
+            raise
+
     def op_create(self, nodeid, ctx, r, w):
-        flags, mode, ctx.umask, _ = r.read_struct(abi.CREATE_IN)
+        flags, mode, ctx.umask, open_flags = r.read_struct(abi.CREATE_IN)
         name = _cstr(r.read_all())
         new, attr, fh = self.vfs.create(ctx, nodeid, name, stat.S_IFREG | (mode & 0o7777),
                                         flags & ~os.O_NOCTTY)
+        if open_flags & abi.OPEN_KILL_SUIDGID:
+            self._kill_suidgid(ctx, new, fh)
         self._write_entry(w, new, attr)
         w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
 
