@@ -378,3 +378,25 @@ def test_setlkw_is_deferred_until_unlock_and_interrupt_cancels(fc, server):
                          complete=lambda n: (replies.append(abi.OUT_HEADER.unpack_from(buf)), done.set())) == DEFERRED
     fc.request(abi.INTERRUPT, 0, abi.INTERRUPT_IN.pack(9003))
     assert done.wait(5) and replies[-1] == (16, -errno.EINTR, 9003)
+
+
+def test_security_context_extension_labels_new_objects(fc, share):
+    """FUSE_SECURITY_CTX (7.38 request extensions): the context the guest's
+    LSM computed is stored as its xattr on the new object."""
+    label = b"system_u:object_r:virt_t:s0\0"
+    entry = abi.SECCTX.pack(len(label), 0) + b"security.selinux\0" + label
+    entry += b"\0" * (-len(entry) % 8)
+    ext = abi.SECCTX_HEADER.pack(abi.SECCTX_HEADER.size + len(entry), 1) + entry
+    for op, body, name in ((abi.CREATE, abi.CREATE_IN.pack(os.O_RDWR, 0o644, 0, 0) + b"f\0", "f"),
+                           (abi.MKDIR, abi.MKDIR_IN.pack(0o755, 0) + b"d\0", "d"),
+                           (abi.SYMLINK, b"l\0target\0", "l")):
+        fc.unique += 1
+        hdr = abi.IN_HEADER.pack(40 + len(body) + len(ext), op, fc.unique, ROOT, 0, 0, 1, len(ext) // 8, 0)
+        out = fc.send(hdr + body + ext, 4096)
+        assert abi.OUT_HEADER.unpack_from(out)[1] == 0
+        assert os.getxattr(share / name, "security.selinux", follow_symlinks=False) == label
+    assert fc.readlink(fc.lookup(ROOT, b"l").nodeid) == b"target"
+    # an extension longer than the request is refused
+    fc.unique += 1
+    hdr = abi.IN_HEADER.pack(40 + 10, abi.MKDIR, fc.unique, ROOT, 0, 0, 1, 4, 0)
+    assert abi.OUT_HEADER.unpack_from(fc.send(hdr + abi.MKDIR_IN.pack(0o755, 0) + b"e\0", 4096))[1] == -errno.EINVAL

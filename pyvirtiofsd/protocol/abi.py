@@ -212,6 +212,7 @@ SECCTX_HEADER = struct.Struct("<II")             # size nr_secctx
 SECCTX = struct.Struct("<II")                    # size padding
 EXT_HEADER = struct.Struct("<II")                # size type
 U32 = struct.Struct("<I")
+MAX_NR_SECCTX = 31                               # extension types 0..31 are secctx headers
 
 assert IN_HEADER.size == 40 and OUT_HEADER.size == 16 and ATTR.size == 88
 assert ENTRY_OUT.size == 128 and ATTR_OUT.size == 104 and SETATTR_IN.size == 88

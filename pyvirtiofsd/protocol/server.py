@@ -15,7 +15,7 @@ import threading
 
 from . import abi
 from .buffers import Reader, ShortBuffer, Writer
-from ..vfs.backend import NOW, Ctx, SetAttr
+from ..vfs.backend import NOW, ROOT_CTX, Ctx, SetAttr
 from ..vfs.locks import Waiter
 
 log = logging.getLogger("pyvirtiofsd.server")
@@ -45,7 +45,7 @@ def _before_init():
 BASE_FLAGS = (abi.ASYNC_READ | abi.ATOMIC_O_TRUNC | abi.BIG_WRITES | abi.ASYNC_DIO
               | abi.PARALLEL_DIROPS | abi.MAX_PAGES | abi.DO_READDIRPLUS
               | abi.READDIRPLUS_AUTO | abi.INIT_EXT | abi.POSIX_LOCKS | abi.FLOCK_LOCKS
-              | abi.HANDLE_KILLPRIV_V2)
+              | abi.HANDLE_KILLPRIV_V2 | abi.SECURITY_CTX)
 
 _u64 = (1 << 64) - 1
 
@@ -133,6 +133,12 @@ class FuseServer:
                       abi.OPCODE_NAMES.get(opcode, opcode), unique, nodeid, uid, gid, pid)
         handler = self._handlers.get(opcode)
         ctx = Ctx(uid, gid, pid, unique=unique)
+        if extlen:
+            try:
+                reader = self._take_extensions(reader, extlen * 8, ctx)
+            except OSError as e:
+                log.warning("request %d: bad extension: %s", unique, e)
+                return self._reply_error(writer, unique, errno.EINVAL)
         if opcode in (abi.FORGET, abi.BATCH_FORGET, abi.INTERRUPT):
             try:
                 handler(nodeid, ctx, reader, writer)
@@ -180,6 +186,23 @@ class FuseServer:
         writer.patch(0, abi.OUT_HEADER.pack(n, -error, unique))
         return n
 
+    @staticmethod
+    def _take_extensions(reader, n, ctx):
+        """Split the request extensions (7.38+) off the end of the request;
+        security contexts go to ctx.secctx for the object being created."""
+        body = reader.read_all()
+        if n > len(body):
+            raise OSError(errno.EINVAL, "extensions longer than the request")
+        ext, pos = body[len(body) - n:], 0
+        while pos + abi.EXT_HEADER.size <= len(ext):
+            size, kind = abi.EXT_HEADER.unpack_from(ext, pos)
+            if size < abi.EXT_HEADER.size or pos + size > len(ext):
+                raise OSError(errno.EINVAL, "bad extension size")
+            if kind <= abi.MAX_NR_SECCTX:           # a fuse_secctx_header: kind is the count
+                ctx.secctx = _secctx(ext[pos + abi.EXT_HEADER.size:pos + size], kind)
+            pos += size
+        return Reader([body[:len(body) - n]])
+
     def _reply_error(self, writer, unique, err):
         if writer.capacity < HDR:
             return 0
@@ -192,6 +215,16 @@ class FuseServer:
         ev, evn = self._entry_valid
         av, avn = self._attr_valid
         w.write(abi.ENTRY_OUT.pack(nodeid, 0, ev, av, evn, avn, *_attr_fields(attr)))
+
+    def _write_created(self, w, ctx, nodeid, attr):
+        """Entry of a new object, labelled first with the caller's security
+        contexts (set after creation: a short window without the label)."""
+        for name, value in ctx.secctx or ():
+            try:
+                self.vfs.setxattr(ROOT_CTX, nodeid, name, value, 0)
+            except OSError as e:
+                log.warning("cannot set security context %s: %s", name, e)
+        self._write_entry(w, nodeid, attr)
 
     def _write_attr(self, w, attr):
         av, avn = self._attr_valid
@@ -297,16 +330,16 @@ class FuseServer:
     def op_mknod(self, nodeid, ctx, r, w):
         mode, rdev, ctx.umask, _ = r.read_struct(abi.MKNOD_IN)
         name = _cstr(r.read_all())
-        self._write_entry(w, *self.vfs.mknod(ctx, nodeid, name, mode, decode_dev(rdev)))
+        self._write_created(w, ctx, *self.vfs.mknod(ctx, nodeid, name, mode, decode_dev(rdev)))
 
     def op_mkdir(self, nodeid, ctx, r, w):
         mode, ctx.umask = r.read_struct(abi.MKDIR_IN)
         name = _cstr(r.read_all())
-        self._write_entry(w, *self.vfs.mkdir(ctx, nodeid, name, mode & 0o7777))
+        self._write_created(w, ctx, *self.vfs.mkdir(ctx, nodeid, name, mode & 0o7777))
 
     def op_symlink(self, nodeid, ctx, r, w):
         name, target = _two_cstr(r.read_all())
-        self._write_entry(w, *self.vfs.symlink(ctx, nodeid, name, target))
+        self._write_created(w, ctx, *self.vfs.symlink(ctx, nodeid, name, target))
 
     def op_link(self, nodeid, ctx, r, w):
         (old,) = r.read_struct(abi.LINK_IN)
@@ -355,14 +388,14 @@ class FuseServer:
                                         flags & ~os.O_NOCTTY)
         if open_flags & abi.OPEN_KILL_SUIDGID:
             self._kill_suidgid(ctx, new, fh)
-        self._write_entry(w, new, attr)
+        self._write_created(w, ctx, new, attr)
         w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
 
     def op_tmpfile(self, nodeid, ctx, r, w):
         # the kernel sends the name "/" of its placeholder dentry: not a name to check
         flags, mode, ctx.umask, _ = r.read_struct(abi.CREATE_IN)
         new, attr, fh = self.vfs.tmpfile(ctx, nodeid, stat.S_IFREG | (mode & 0o7777), flags & ~os.O_NOCTTY)
-        self._write_entry(w, new, attr)
+        self._write_created(w, ctx, new, attr)
         w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
 
     def op_ioctl(self, nodeid, ctx, r, w):
@@ -525,6 +558,22 @@ class FuseServer:
 
     def op_syncfs(self, nodeid, ctx, r, w):
         self.vfs.syncfs(ctx)
+
+
+def _secctx(data, count):
+    """[(xattr name, value)] from the entries after a fuse_secctx_header."""
+    out, pos = [], 0
+    for _ in range(count):
+        size, _ = abi.SECCTX.unpack_from(data, pos)
+        pos += abi.SECCTX.size
+        name = _cstr(data[pos:])
+        pos += len(name) + 1
+        value = data[pos:pos + size]
+        if len(value) != size or not name.startswith(b"security."):
+            raise OSError(errno.EINVAL, "bad security context")
+        out.append((name, value))
+        pos = (pos + size + 7) & ~7
+    return out
 
 
 def _ns(sec, nsec):

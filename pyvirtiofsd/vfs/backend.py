@@ -23,12 +23,14 @@ RENAME_WHITEOUT = 4
 
 
 class Ctx:
-    """The caller of a request: credentials and umask (0 when unknown), and
-    the request's unique id (0 outside a FUSE request)."""
-    __slots__ = ("uid", "gid", "pid", "umask", "unique")
+    """The caller of a request: credentials and umask (0 when unknown), the
+    request's unique id (0 outside a FUSE request), and the security
+    contexts [(xattr name, value)] to label a new object with."""
+    __slots__ = ("uid", "gid", "pid", "umask", "unique", "secctx")
 
-    def __init__(self, uid=0, gid=0, pid=0, umask=0, unique=0):
+    def __init__(self, uid=0, gid=0, pid=0, umask=0, unique=0, secctx=None):
         self.uid, self.gid, self.pid, self.umask, self.unique = uid, gid, pid, umask, unique
+        self.secctx = secctx
 
     def __repr__(self):
         return f"Ctx(uid={self.uid}, gid={self.gid}, pid={self.pid}, umask={self.umask:o})"
