@@ -35,6 +35,7 @@ def build_parser():
     p.add_argument("--xattr", dest="xattr", action="store_true", default=True, help="support xattrs (default)")
     p.add_argument("--no-xattr", dest="xattr", action="store_false")
     p.add_argument("--allow-devices", action="store_true", help="let the guest create device nodes")
+    p.add_argument("--posix-acl", action="store_true", help="POSIX ACLs (host backend; needs xattrs)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user back-end capabilities JSON and exit")
     return p
@@ -65,7 +66,8 @@ def make_backend(args):
         return MemoryBackend(max_bytes=args.memory_size, allow_devices=args.allow_devices,
                              prefill=args.shared_dir)
     from .vfs.backends.host import HostBackend
-    return HostBackend(args.shared_dir, xattr=args.xattr, allow_devices=args.allow_devices)
+    return HostBackend(args.shared_dir, xattr=args.xattr, allow_devices=args.allow_devices,
+                       posix_acl=args.posix_acl)
 
 
 def main(argv=None) -> int:

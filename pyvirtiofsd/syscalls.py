@@ -26,6 +26,7 @@ ffi.cdef("""
     int open_by_handle_at(int mount_fd, struct file_handle *handle, int flags);
     int setgroups(size_t size, const unsigned int *list);
     struct open_how { unsigned long long flags; unsigned long long mode; unsigned long long resolve; };
+    int unshare(int flags);
     int *__errno_location(void);
 """)
 libc = ffi.dlopen(None)
@@ -50,6 +51,7 @@ FALLOC_FL_COLLAPSE_RANGE = 0x08
 FALLOC_FL_ZERO_RANGE = 0x10
 FALLOC_FL_INSERT_RANGE = 0x20
 FALLOC_FL_UNSHARE_RANGE = 0x40
+CLONE_FS = 0x200
 MNT_DETACH = 2
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -96,6 +98,10 @@ def setfsgid(gid):
 
 def fallocate(fd, mode, offset, length):
     _check(libc.fallocate(fd, mode, offset, length), "fallocate")
+
+
+def unshare(flags):
+    _check(libc.unshare(flags), "unshare")
 
 
 def syncfs(fd):

@@ -242,6 +242,9 @@ class FuseServer:
             w.write(abi.INIT_OUT.pack(abi.KERNEL_VERSION, abi.KERNEL_MINOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0)[:abi.COMPAT_INIT_OUT_SIZE])
             return
         wanted = BASE_FLAGS
+        if self.vfs.backend.capabilities.posix_acl:
+            # the guest checks ACLs; we apply umask ourselves, where no default ACL is
+            wanted |= abi.POSIX_ACL | abi.DONT_MASK
         if self.vfs.cache in ("auto", "always"):
             wanted |= abi.AUTO_INVAL_DATA | abi.CACHE_SYMLINKS
         accepted = flags & wanted

@@ -115,6 +115,7 @@ class Capabilities:
     mknod: bool = True
     sparse_files: bool = True
     case_sensitive: bool = True
+    posix_acl: bool = False        # stores ACL xattrs and applies default ACLs on create
 
 
 def dtype_of(mode: int) -> int:

@@ -11,11 +11,15 @@ regular files and directories; a symlink there would be refused with ELOOP.
 New objects are created under the caller's filesystem uid/gid (setfsuid and
 setfsgid act per thread), so the host kernel assigns owners, applies
 setgid-directory inheritance and checks the caller's permissions. The
-process umask is set to 0 at start: the request's umask is applied instead.
+process umask is set to 0 at start and the request's umask is applied here;
+with POSIX ACLs on, each creating thread gets its own umask (unshare
+CLONE_FS) set to the request's, so the host kernel ignores it where the
+parent directory has a default ACL, as Linux does.
 """
 import errno
 import os
 import stat
+import threading
 from contextlib import contextmanager
 
 from ... import syscalls
@@ -63,6 +67,17 @@ def check_name(name: bytes) -> bytes:
     return name
 
 
+_thread = threading.local()
+
+
+def _thread_umask(umask):
+    """This thread's own umask (its fs_struct unshared on first use)."""
+    if not getattr(_thread, "own_fs", False):
+        syscalls.unshare(syscalls.CLONE_FS)
+        _thread.own_fs = True
+    os.umask(umask)
+
+
 @contextmanager
 def caller_creds(ctx):
     """Create as the caller: this thread's fsuid/fsgid for the duration."""
@@ -81,11 +96,13 @@ def caller_creds(ctx):
 class HostBackend(Backend):
     consistency = Consistency.STRONG
 
-    def __init__(self, root_dir: str, *, xattr: bool = True, allow_devices: bool = False):
+    def __init__(self, root_dir: str, *, xattr: bool = True, allow_devices: bool = False,
+                 posix_acl: bool = False):
         self.root_dir = os.path.realpath(root_dir)
         self.xattr = xattr
         self.allow_devices = allow_devices
-        self.capabilities = Capabilities(mknod=allow_devices, xattrs=xattr)
+        self.posix_acl = posix_acl and xattr
+        self.capabilities = Capabilities(mknod=allow_devices, xattrs=xattr, posix_acl=self.posix_acl)
         os.umask(0)
         fd = os.open(self.root_dir, O_PATH_FLAGS | os.O_DIRECTORY)
         self._root = HostInode(fd, os.fstat(fd))
@@ -93,6 +110,14 @@ class HostBackend(Backend):
     # -- inodes ---------------------------------------------------------------------
     def root(self):
         return self._root
+
+    def _perm(self, ctx, mode):
+        """Permission bits to create with. With ACLs the host kernel applies
+        the request's umask itself (unless a default ACL is there)."""
+        if self.posix_acl:
+            _thread_umask(ctx.umask)
+            return mode & 0o7777
+        return mode & 0o7777 & ~ctx.umask
 
     def _open_inode(self, parent, name):
         fd = os.open(name, O_PATH_FLAGS, dir_fd=parent.fd)
@@ -180,7 +205,7 @@ class HostBackend(Backend):
     # -- namespace ------------------------------------------------------------------
     def mknod(self, ctx, parent, name, mode, rdev):
         name = check_name(name)
-        perm = mode & 0o7777 & ~ctx.umask
+        perm = self._perm(ctx, mode)
         ftype = stat.S_IFMT(mode)
         with caller_creds(ctx):
             if ftype == stat.S_IFREG:
@@ -200,7 +225,7 @@ class HostBackend(Backend):
     def mkdir(self, ctx, parent, name, mode):
         name = check_name(name)
         with caller_creds(ctx):
-            os.mkdir(name, mode & 0o7777 & ~ctx.umask, dir_fd=parent.fd)
+            os.mkdir(name, self._perm(ctx, mode), dir_fd=parent.fd)
         return self._open_inode(parent, name)
 
     def symlink(self, ctx, parent, name, target):
@@ -242,13 +267,13 @@ class HostBackend(Backend):
         name = check_name(name)
         with caller_creds(ctx):
             fd = os.open(name, (flags & ~(os.O_NOCTTY | os.O_DIRECTORY)) | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, mode & 0o7777 & ~ctx.umask, dir_fd=parent.fd)
+                         | os.O_CLOEXEC, self._perm(ctx, mode), dir_fd=parent.fd)
         return self._inode_of_open(fd)
 
     def tmpfile(self, ctx, parent, mode, flags):
         with caller_creds(ctx):
             fd = os.open(_proc(parent.fd), (flags & ~(DROP_OPEN_FLAGS | os.O_DIRECTORY))
-                         | os.O_TMPFILE | os.O_CLOEXEC, mode & 0o7777 & ~ctx.umask)
+                         | os.O_TMPFILE | os.O_CLOEXEC, self._perm(ctx, mode))
         return self._inode_of_open(fd)
 
     def _inode_of_open(self, fd):
