@@ -24,6 +24,7 @@ def build_parser():
     p.add_argument("--mount", metavar="DIR", help="serve through /dev/fuse on this host directory instead")
     p.add_argument("--shared-dir", metavar="DIR",
                    help="host directory to export (with --backend memory: copied in at start)")
+    p.add_argument("--prefill", metavar="DIR|TARBALL", help="memory backend: start with this tree")
     p.add_argument("--backend", choices=["host", "memory"], default="host",
                    help="host: pass through --shared-dir; memory: a tmpfs-like tree in RAM")
     p.add_argument("--memory-size", type=int, metavar="BYTES", help="memory backend: capacity")
@@ -55,6 +56,8 @@ def parse_args(argv=None):
         p.error("give exactly one of --socket-path, --fd or --mount")
     if args.thread_pool_size < 0:
         p.error("--thread-pool-size must be >= 0")
+    if args.prefill and not os.path.exists(args.prefill):
+        p.error(f"--prefill {args.prefill}: no such file or directory")
     if args.mount and not os.path.isdir(args.mount):
         p.error(f"--mount {args.mount}: not a directory")
     return args
@@ -64,7 +67,7 @@ def make_backend(args):
     if args.backend == "memory":
         from .vfs.backends.memory import MemoryBackend
         return MemoryBackend(max_bytes=args.memory_size, allow_devices=args.allow_devices,
-                             prefill=args.shared_dir)
+                             prefill=args.prefill or args.shared_dir)
     from .vfs.backends.host import HostBackend
     return HostBackend(args.shared_dir, xattr=args.xattr, allow_devices=args.allow_devices,
                        posix_acl=args.posix_acl)

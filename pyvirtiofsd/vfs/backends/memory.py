@@ -101,6 +101,68 @@ class MemoryBackend(Backend):
             self._prefill(prefill)
 
     def _prefill(self, src):
+        if os.path.isfile(src):
+            self._prefill_tar(src)
+        else:
+            self._prefill_dir(src)
+
+    def _prefill_tar(self, path):
+        """Unpack a tarball in: data, modes, owners, mtimes, symlinks, hard
+        links, pax xattrs (device nodes only if allowed)."""
+        import tarfile
+        with self._lock, tarfile.open(path) as tar:
+            for m in tar:
+                parts = [os.fsencode(p) for p in m.name.strip("/").split("/") if p not in ("", ".")]
+                if not parts or b".." in parts:
+                    continue
+                parent = self._root
+                for p in parts[:-1]:
+                    child = self._child(parent, p)
+                    if child is None:
+                        child = self._new(stat.S_IFDIR | 0o755, 0, 0)
+                        self._insert(parent, p, child)
+                    parent = child
+                name, old = parts[-1], self._child(parent, parts[-1])
+                if old is not None and not (m.isdir() and old.is_dir()):
+                    self._remove(parent, name)
+                    old = None
+                if m.islnk():
+                    target = self._tar_lookup(m.linkname)
+                    if target is not None and not target.is_dir():
+                        target.nlink += 1
+                        self._insert(parent, name, target)
+                    continue
+                if m.isdev() and not self.allow_devices and (m.devmajor or m.devminor):
+                    continue
+                ftype = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
+                         tarfile.FIFOTYPE: stat.S_IFIFO, tarfile.CHRTYPE: stat.S_IFCHR,
+                         tarfile.BLKTYPE: stat.S_IFBLK}.get(m.type, stat.S_IFREG)
+                node = old or self._new(ftype | (m.mode & 0o7777), m.uid, m.gid,
+                                        os.makedev(m.devmajor, m.devminor) if m.isdev() else 0)
+                node.mode, node.uid, node.gid = ftype | (m.mode & 0o7777), m.uid, m.gid
+                if old is None:
+                    self._insert(parent, name, node)
+                if m.issym():
+                    node.target = os.fsencode(m.linkname)
+                    node.size = len(node.target)
+                elif m.isfile():
+                    self.write(None, OpenFile(node, 0), 0, [memoryview(tar.extractfile(m).read())])
+                for key, value in m.pax_headers.items():
+                    if key.startswith("SCHILY.xattr."):
+                        node.xattrs[os.fsencode(key[len("SCHILY.xattr."):])] = os.fsencode(value)
+                node.atime = node.mtime = node.ctime = int(m.mtime * 1_000_000_000)
+
+    def _tar_lookup(self, path):
+        node = self._root
+        for p in path.strip("/").split("/"):
+            if p in ("", "."):
+                continue
+            node = self._child(node, os.fsencode(p)) if node.is_dir() else None
+            if node is None:
+                return None
+        return node
+
+    def _prefill_dir(self, src):
         """Copy a host directory tree in: data, modes, owners, times,
         symlinks, hard links and xattrs (device nodes only if allowed)."""
         seen = {}                                # (dev, ino) -> Inode, for hard links
