@@ -63,6 +63,15 @@ def parse_args(argv=None):
     return args
 
 
+def raise_fd_limit():
+    """The host backend holds a descriptor per inode the guest knows: allow
+    as many as the hard limit does."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def make_backend(args):
     if args.backend == "memory":
         from .vfs.backends.memory import MemoryBackend
@@ -78,6 +87,7 @@ def main(argv=None) -> int:
     if args.print_capabilities:
         print(json.dumps(CAPABILITIES, indent=2))
         return 0
+    raise_fd_limit()
     logging.basicConfig(level=LOG_LEVELS[args.log_level],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("pyvirtiofsd")
