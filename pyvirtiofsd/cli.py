@@ -3,6 +3,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 LOG_LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "warn": logging.WARNING,
@@ -98,6 +99,8 @@ def main(argv=None) -> int:
     backend = make_backend(args)
     server = FuseServer(Vfs(backend, cache=args.cache), log_requests=args.log_level == "trace")
     log.info("exporting %s backend %s (cache=%s)", args.backend, args.shared_dir or "", args.cache)
+    # bench/ asks for the request count between workloads
+    signal.signal(signal.SIGUSR1, lambda *_: log.info("requests served: %d", server.requests))
     try:
         if args.mount:
             from .device import fusedev

@@ -123,13 +123,14 @@ def _fsop():
     return out
 
 
-def initramfs(script: str) -> str:
+def initramfs(script: str, extra_files=None) -> str:
     """Build (or reuse) the initramfs that runs script; return its path."""
     _, version = kernel()
     init = INIT.format(modules=" ".join(MODULES), tag=TAG)
     fsop = _fsop()
-    key = hashlib.sha256("\0".join([version, init, GUEST_LIB, script, open(fsop, "rb").read().hex()[:64],
-                                    str(os.path.getmtime(fsop))]).encode()).hexdigest()[:16]
+    extra = sorted((extra_files or {}).items())
+    key = hashlib.sha256("\0".join([version, init, GUEST_LIB, script, str(os.path.getmtime(fsop))]
+                                   + [f"{g}={h}@{os.path.getmtime(h)}" for g, h in extra]).encode()).hexdigest()[:16]
     out = os.path.join(BUILD, f"initrd-{key}.gz")
     if os.path.exists(out):
         return out
@@ -154,6 +155,8 @@ def initramfs(script: str) -> str:
         elif found[0].endswith(".zst"):
             raise RuntimeError("zstd-compressed modules are not handled")
         c.file(f"lib/modules/{m}.ko", data, 0o644)
+    for guest_path, host_path in extra:
+        c.file(guest_path.lstrip("/"), open(host_path, "rb").read())
     c.file("init", init.encode())
     c.file("lib.sh", GUEST_LIB.encode(), 0o644)
     c.file("test.sh", script.encode(), 0o644)
@@ -221,12 +224,14 @@ def qemu_command(socket_path, initrd, num_request_queues=1, mem_mb=512):
 
 
 def boot(share, script, *, daemon=None, num_request_queues=1, timeout=300, cache="auto",
-         daemon_args=(), on_console=None) -> BootResult:
-    """Serve share with the daemon, boot a guest that runs script, return what happened."""
+         daemon_args=(), on_console=None, extra_files=None, mem_mb=512) -> BootResult:
+    """Serve share with the daemon, boot a guest that runs script, return what
+    happened. on_console(text, daemon_pid) sees the console as it comes;
+    extra_files {guest path: host path} go into the initramfs."""
     if shutil.which("qemu-system-x86_64") is None:
         raise RuntimeError("qemu-system-x86_64 is missing: install qemu-system-x86 (make deps)")
     daemon = daemon or default_daemon()
-    initrd = initramfs(script)
+    initrd = initramfs(script, extra_files)
     work = tempfile.mkdtemp(prefix="pyvfs-guest-")
     sock = os.path.join(work, "vfs.sock")
     dlog = open(os.path.join(work, "daemon.log"), "w+")
@@ -237,7 +242,7 @@ def boot(share, script, *, daemon=None, num_request_queues=1, timeout=300, cache
     console = []
     try:
         _wait_for_socket(sock, d, 30)
-        q = subprocess.Popen(qemu_command(sock, initrd, num_request_queues), stdin=subprocess.DEVNULL,
+        q = subprocess.Popen(qemu_command(sock, initrd, num_request_queues, mem_mb), stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = start + timeout
         os.set_blocking(q.stdout.fileno(), False)
@@ -247,7 +252,7 @@ def boot(share, script, *, daemon=None, num_request_queues=1, timeout=300, cache
                 text = chunk.decode(errors="replace")
                 console.append(text)
                 if on_console:
-                    on_console(text)
+                    on_console(text, d.pid)
             if q.poll() is not None:
                 rest = q.stdout.read()
                 if rest:

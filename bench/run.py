@@ -1,0 +1,266 @@
+"""`make bench`: guest workloads on pyvirtiofsd and on the reference C
+virtiofsd (/usr/lib/qemu/virtiofsd) in one run, alternating, same guest and
+data, for cache=never/auto/always; then the same workloads through /dev/fuse
+on the host against the host's own file system. Writes bench/results/
+<stamp>.json (raw) and <stamp>.md (ratios ours/reference).
+
+Wall times are measured inside the guest (bench/fsbench.c). Daemon CPU is
+user+sys of every process in the daemon's session, sampled when the guest
+prints a phase marker. Requests: ours counts them (SIGUSR1 makes it log
+the count); the reference does not, so its count is taken to be ours for
+the same phase and cache mode — the guest kernel issues the requests, and
+it is the same kernel running the same workload.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "qemu-tests"))
+import guest  # noqa: E402
+
+BUILD = os.path.join(HERE, ".build")
+RESULTS = os.path.join(HERE, "results")
+SIZES = {
+    "full": dict(files=5000, seq_mib=256, rand_mib=64, rand_secs=10, par_files=1250, tree_src="/usr/lib/python3.11"),
+    "quick": dict(files=500, seq_mib=32, rand_mib=16, rand_secs=3, par_files=200, tree_src="/usr/lib/python3.11/email"),
+}
+
+SCRIPT = r"""
+mark() {{ echo "BENCH-MARK $1"; }}
+span() {{ name=$1; shift; t0=$(fsbench now); "$@" >/dev/null 2>&1 || echo "BENCH-FAIL $name"; t1=$(fsbench now); echo "$name $(( (t1 - t0) / 1000 ))e-6 0"; }}
+cd /mnt
+mark meta; fsbench meta /mnt/meta {files}; mark meta-end
+mark seq; fsbench seqwrite /mnt/seq.bin {seq_mib}; echo 3 > /proc/sys/vm/drop_caches; fsbench seqread /mnt/seq.bin; mark seq-end
+mark rand; fsbench seqwrite /mnt/rand.bin {rand_mib} >/dev/null; fsbench randrw /mnt/rand.bin {rand_mib} {rand_secs}; mark rand-end
+mark tree
+span tree_untar tar -xf /mnt/tree.tar -C /mnt/tree
+echo 3 > /proc/sys/vm/drop_caches
+span tree_find find /mnt/tree
+span tree_ls_lR ls -lR /mnt/tree
+span tree_du du -s /mnt/tree
+span tree_rm rm -rf /mnt/tree
+mark tree-end
+mark par; fsbench meta-par /mnt/par {par_files} 4; mark par-end
+rm -rf /mnt/meta /mnt/par /mnt/seq.bin /mnt/rand.bin
+"""
+GROUPS = ["meta", "seq", "rand", "tree", "par"]
+
+
+def fsbench_binary():
+    out = os.path.join(BUILD, "fsbench")
+    src = os.path.join(HERE, "fsbench.c")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+        os.makedirs(BUILD, exist_ok=True)
+        subprocess.run(["gcc", "-static", "-O2", "-o", out, src], check=True)
+    return out
+
+
+def tree_tarball(src):
+    """A source tree of a few thousand small files, as a tarball."""
+    name = os.path.join(BUILD, re.sub(r"\W", "_", src) + ".tar")
+    if not os.path.exists(name):
+        os.makedirs(BUILD, exist_ok=True)
+        with tarfile.open(name + ".tmp", "w") as tar:
+            tar.add(src, arcname=".", filter=lambda ti: None if "__pycache__" in ti.name else ti)
+        os.rename(name + ".tmp", name)
+    with tarfile.open(name) as tar:
+        files = sum(1 for m in tar if m.isfile())
+    return name, files
+
+
+def session_cpu(sid):
+    """user+sys seconds of every live process in session sid."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:               # field 6 of stat: session id
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+class Markers:
+    """Watches the console for phase markers; samples CPU (and asks our
+    daemon for its request count) at each one."""
+
+    def __init__(self, ours):
+        self.ours, self.buf, self.samples = ours, "", []
+
+    def __call__(self, text, pid):
+        self.buf += text
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            m = re.match(r"BENCH-MARK (\S+)", line.strip())
+            if m:
+                self.samples.append((m.group(1), session_cpu(pid), time.monotonic()))
+                if self.ours:
+                    os.kill(pid, signal.SIGUSR1)
+
+
+def parse_timings(console):
+    out = {}
+    for name, secs, ops in re.findall(r"^(\w+) ([\d.e-]+) (\d+)\r?$", console, re.M):
+        out[name] = {"seconds": float(secs), "ops": int(ops)}
+    return out
+
+
+def one_run(daemon, cache, sizes, tree, fsbench, queues=1):
+    share = tempfile.mkdtemp(prefix="pyvfs-bench-")
+    try:
+        os.chmod(share, 0o755)
+        shutil.copy(tree, os.path.join(share, "tree.tar"))
+        os.mkdir(os.path.join(share, "tree"))
+        markers = Markers(daemon == "ours")
+        r = guest.boot(share, SCRIPT.format(**sizes), daemon=daemon, cache=cache, timeout=3600,
+                       num_request_queues=queues, on_console=markers, extra_files={"bin/fsbench": fsbench},
+                       mem_mb=1024)
+        if r.rc != 0 or "BENCH-FAIL" in r.console:
+            raise RuntimeError(f"{daemon} cache={cache}: guest failed (rc={r.rc})\n{r.console[-3000:]}\n{r.daemon_log[-2000:]}")
+        counts = [int(n) for n in re.findall(r"requests served: (\d+)", r.daemon_log)]
+        groups = {}
+        marks = {name: (cpu, i) for i, (name, cpu, _) in enumerate(markers.samples)}
+        for g in GROUPS:
+            if g in marks and g + "-end" in marks:
+                (c0, i0), (c1, i1) = marks[g], marks[g + "-end"]
+                req = counts[i1] - counts[i0] if daemon == "ours" and len(counts) > i1 else None
+                groups[g] = {"cpu": c1 - c0, "requests": req}
+        return {"timings": parse_timings(r.console), "groups": groups, "boot_seconds": r.seconds}
+    finally:
+        shutil.rmtree(share, ignore_errors=True)
+
+
+def host_fuse_run(sizes, fsbench, tree):
+    """The same workloads on the host: its own file system vs our --mount."""
+    out = {}
+    for side in ("kernel", "ours"):
+        base = tempfile.mkdtemp(prefix="pyvfs-hostbench-")
+        mnt, proc = base, None
+        if side == "ours":
+            backing, mnt = os.path.join(base, "backing"), os.path.join(base, "mnt")
+            os.mkdir(backing)
+            os.mkdir(mnt)
+            proc = subprocess.Popen([guest.VENV_PY, "-m", "pyvirtiofsd", "--mount", mnt, "--shared-dir", backing,
+                                     "--cache", "auto", "--thread-pool-size", "2"], stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+            deadline = time.monotonic() + 20
+            while not os.path.ismount(mnt):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("pyvirtiofsd --mount did not come up")
+                time.sleep(0.05)
+        try:
+            res, cpu0 = {}, session_cpu(proc.pid) if proc else 0.0
+            cmds = [["meta", mnt + "/meta", str(sizes["files"])],
+                    ["seqwrite", mnt + "/seq.bin", str(sizes["seq_mib"])], ["seqread", mnt + "/seq.bin"],
+                    ["meta-par", mnt + "/par", str(sizes["par_files"]), "4"]]
+            for c in cmds:
+                text = subprocess.run([fsbench, *c], capture_output=True, text=True, check=True).stdout
+                res.update(parse_timings(text))
+            t0 = time.monotonic()
+            os.mkdir(mnt + "/tree")
+            subprocess.run(["tar", "-xf", tree, "-C", mnt + "/tree"], check=True)
+            res["tree_untar"] = {"seconds": time.monotonic() - t0, "ops": 0}
+            t0 = time.monotonic()
+            shutil.rmtree(mnt + "/tree")
+            res["tree_rm"] = {"seconds": time.monotonic() - t0, "ops": 0}
+            if proc:
+                res["_cpu"] = session_cpu(proc.pid) - cpu0
+            out[side] = res
+        finally:
+            if proc:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(x):
+    return "—" if x is None else f"{x:.2f}"
+
+
+def markdown(data):
+    lines = [f"# Benchmark {data['stamp']}", "",
+             f"Guest: {data['kernel']}, QEMU accel {data['accel']}, sizes `{data['size']}`. "
+             "Ratios are ours / reference (wall time: lower is better for us below 1).", ""]
+    for cache, runs in data["guest"].items():
+        ours, ref = runs["ours"], runs["reference"]
+        lines += [f"## cache={cache}", "", "| workload | ours s | reference s | ratio |", "|---|---|---|---|"]
+        for name in sorted(set(ours["timings"]) & set(ref["timings"])):
+            a, b = ours["timings"][name]["seconds"], ref["timings"][name]["seconds"]
+            lines.append(f"| {name} | {a:.3f} | {b:.3f} | {fmt(ratio(a, b))} |")
+        lines += ["", "| phase | requests (ours) | ours CPU µs/req | reference CPU µs/req (est.) | ratio |",
+                  "|---|---|---|---|---|"]
+        for g in GROUPS:
+            go, gr = ours["groups"].get(g), ref["groups"].get(g)
+            if not go or not gr or not go["requests"]:
+                continue
+            n = go["requests"]
+            a, b = go["cpu"] / n * 1e6, gr["cpu"] / n * 1e6
+            lines.append(f"| {g} | {n} | {a:.1f} | {b:.1f} | {fmt(ratio(a, b))} |")
+        lines.append("")
+    if data.get("host"):
+        k, o = data["host"]["kernel"], data["host"]["ours"]
+        lines += ["## /dev/fuse on the host: ours / the host kernel's own file system", "",
+                  "| workload | kernel s | ours s | ratio |", "|---|---|---|---|"]
+        for name in sorted(set(k) & set(o)):
+            if not name.startswith("_"):
+                lines.append(f"| {name} | {k[name]['seconds']:.3f} | {o[name]['seconds']:.3f} | "
+                             f"{fmt(ratio(o[name]['seconds'], k[name]['seconds']))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=list(SIZES), default="full")
+    ap.add_argument("--cache", action="append", choices=["never", "auto", "always"])
+    ap.add_argument("--no-host", action="store_true", help="skip the /dev/fuse host comparison")
+    ap.add_argument("--out", default=RESULTS)
+    args = ap.parse_args(argv)
+    sizes = SIZES[args.size]
+    fsbench = fsbench_binary()
+    tree, nfiles = tree_tarball(sizes["tree_src"])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data = {"stamp": stamp, "size": args.size, "sizes": sizes, "tree_files": nfiles,
+            "kernel": guest.kernel()[1], "accel": os.environ.get("QEMU_ACCEL", "tcg"), "guest": {}}
+    for i, cache in enumerate(args.cache or ["never", "auto", "always"]):
+        order = ["ours", "reference"] if i % 2 == 0 else ["reference", "ours"]   # alternate
+        data["guest"][cache] = {}
+        for daemon in order:
+            print(f"bench: {daemon} cache={cache} ...", flush=True)
+            data["guest"][cache][daemon] = one_run(daemon, cache, sizes, tree, fsbench)
+    if not args.no_host:
+        print("bench: /dev/fuse on the host ...", flush=True)
+        data["host"] = host_fuse_run(sizes, fsbench, tree)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"{stamp}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    md = markdown(data)
+    with open(os.path.join(args.out, f"{stamp}.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
