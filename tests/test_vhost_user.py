@@ -125,6 +125,7 @@ def test_event_idx_suppresses_and_sends_notifications(setup):
     fe.handshake()
     c = client(fe)
     q = fe.queues[1]
+    fe.manage_used_event = False
     fe.set_used_event(q, (fe.used_idx(q) + 10) & 0xFFFF)      # "don't call me yet"
     fe.signalled(q, 0)
     c.getattr(ROOT)

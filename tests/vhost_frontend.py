@@ -54,6 +54,7 @@ class Frontend:
                 time.sleep(0.02)
         self.sock.settimeout(10)
         self.features = features
+        self.manage_used_event = True
         self.queues = []
         base = 0
         for i in range(num_queues):
@@ -148,6 +149,9 @@ class Frontend:
         DESC.pack_into(self.view, base + 16 * idx, addr, length, flags, nxt)
 
     def publish(self, q, head, kick=True):
+        if self.manage_used_event:
+            # as a guest driver does with EVENT_IDX: call me once the next entry is used
+            self.set_used_event(q, q.used_seen)
         U16.pack_into(self.view, q.avail + 4 + 2 * (q.avail_idx % q.size), head)
         q.avail_idx = (q.avail_idx + 1) & 0xFFFF
         U16.pack_into(self.view, q.avail + 2, q.avail_idx)
