@@ -175,7 +175,9 @@ def daemon_command(which, socket_path, share, cache="auto", extra=()):
         return [VENV_PY if os.path.exists(VENV_PY) else sys.executable, "-m", "pyvirtiofsd",
                 "--socket-path", socket_path, "--shared-dir", share, "--cache", cache, *extra]
     if which == "reference":
-        return [REFERENCE, f"--socket-path={socket_path}", "-o", f"source={share}", "-o", f"cache={cache}",
+        # the C virtiofsd spells "never" as "none"
+        return [REFERENCE, f"--socket-path={socket_path}", "-o", f"source={share}",
+                "-o", f"cache={'none' if cache == 'never' else cache}",
                 "-o", "xattr", *extra]
     raise ValueError(f"unknown daemon {which!r} (ours or reference)")
 
