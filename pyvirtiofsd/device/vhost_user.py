@@ -1,8 +1,9 @@
 """The vhost-user back-end protocol (QEMU docs/interop/vhost-user.rst) on a
 connected unix socket: feature negotiation, the memory table, vring set-up
 and teardown, REPLY_ACK. What to do with running queues is the device's
-business (virtio_fs.py): this module calls device.start_queue(vq),
-device.stop_queue(vq) and holds device.memory_lock while replacing memory.
+business (virtio_fs.py): this module calls device.start_queue(vq) and
+device.stop_queue(vq); running queues are stopped while memory is replaced,
+and device.memory_lock keeps late (deferred) replies out meanwhile.
 """
 import logging
 import os
@@ -195,12 +196,17 @@ class VhostUserBackend:
             raise ValueError(f"memory table of {nregions} regions in {len(p)} bytes")
         entries = [MEM_REGION.unpack_from(p, MEM_HEADER.size + i * MEM_REGION.size) for i in range(nregions)]
         mem = GuestMemory.from_table(entries, [os.dup(fd) for fd in fds])
-        with self.device.memory_lock.writing():
+        running = [vq for vq in self.queues if vq in self.started]
+        for vq in running:
+            self._stop(vq)
+        with self.device.memory_lock:
             old, self.mem = self.mem, mem
             for vq in self.queues:
                 if vq.addrs is not None and vq.size:
                     vq.attach(mem)
         old.close()
+        for vq in running:
+            self._start(vq)
         log.info("memory table: %s", ", ".join(f"{gpa:#x}+{size:#x}" for gpa, size, _, _ in entries))
 
     def do_set_log_base(self, p, fds):

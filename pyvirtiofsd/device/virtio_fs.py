@@ -22,43 +22,6 @@ TAG_SIZE = 36
 STOP_TIMEOUT = 30
 
 
-class RWLock:
-    """Many queue workers read guest memory; SET_MEM_TABLE replaces it alone."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextlib.contextmanager
-    def reading(self):
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def writing(self):
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._writer = True
-            while self._readers:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 class QueueWorker(threading.Thread):
     def __init__(self, device, vq):
         super().__init__(name=f"vq{vq.index}", daemon=True)
@@ -78,44 +41,39 @@ class QueueWorker(threading.Thread):
         poller.register(self.vq.kick_fd, select.POLLIN)
         poller.register(self.stop_fd, select.POLLIN)
         self.device.log.debug("queue %d started (size %d)", self.vq.index, self.vq.size)
+        kick, stop = self.vq.kick_fd, self.stop_fd
         while True:
-            ready = dict(poller.poll())
-            if self.stop_fd in ready:
-                return
-            if self.vq.kick_fd in ready:
-                try:
-                    os.eventfd_read(self.vq.kick_fd)
-                except BlockingIOError:
-                    pass
+            for fd, _ in poller.poll():
+                if fd == stop:
+                    return
+                os.eventfd_read(kick)
                 if not self.broken:
                     self.drain()
 
     def drain(self):
-        vq, server = self.vq, self.device.server
-        with self.device.memory_lock.reading():
-            if vq.mem is None:
-                return
-            while True:
-                try:
-                    item = vq.pop()
-                except BadChain as e:
-                    self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
-                    self.broken = True
-                    break
-                if item is None:
-                    break
-                head, readable, writable = item
-                if readable is None:
-                    vq.push(head, 0)
-                    continue
-                n = server.handle(Reader(readable), Writer(writable), partial(self.complete, head))
-                if n != DEFERRED:
-                    vq.push(head, n)
-            vq.notify()
+        # memory cannot change under us: SET_MEM_TABLE stops the queue first
+        vq, handle, complete = self.vq, self.device.server.handle, self.complete
+        while True:
+            try:
+                item = vq.pop()
+            except BadChain as e:
+                self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
+                self.broken = True
+                break
+            if item is None:
+                break
+            head, readable, writable = item
+            if readable is None:
+                vq.push(head, 0)
+                continue
+            n = handle(Reader(readable), Writer(writable), partial(complete, head))
+            if n != DEFERRED:
+                vq.push(head, n)
+        vq.notify()
 
     def complete(self, head, n):
-        """A deferred reply is written: hand its chain back."""
-        with self.device.memory_lock.reading():
+        """A deferred reply is written (from another thread): hand its chain back."""
+        with self.device.memory_lock:
             if self.vq.mem is not None:
                 self.vq.push(head, n)
                 self.vq.notify()
@@ -130,7 +88,7 @@ class VirtioFsDevice:
         if not 0 < len(tag_bytes) <= TAG_SIZE:
             raise ValueError(f"tag must be 1..{TAG_SIZE} bytes")
         self.config_space = tag_bytes.ljust(TAG_SIZE, b"\0") + struct.pack("<I", num_request_queues)
-        self.memory_lock = RWLock()
+        self.memory_lock = threading.Lock()
         self.workers = {}
 
     def start_queue(self, vq):

@@ -15,6 +15,12 @@ class ShortBuffer(OSError):
         super().__init__(errno.EINVAL, what)
 
 
+def _byte_views(bufs):
+    """Flat byte memoryviews of bufs (guest memory slices already are)."""
+    return [b if type(b) is memoryview and b.format == "B" and b.ndim == 1 else memoryview(b).cast("B")
+            for b in bufs]
+
+
 def _take(bufs, idx, off, n):
     """Collect up to n bytes as views starting at (idx, off); return views, idx, off."""
     out = []
@@ -39,11 +45,10 @@ class Reader:
     __slots__ = ("_bufs", "_idx", "_off", "_left")
 
     def __init__(self, bufs):
-        self._bufs = [b if isinstance(b, memoryview) else memoryview(b) for b in bufs]
-        self._bufs = [b.cast("B") if b.format != "B" or b.ndim != 1 else b for b in self._bufs]
+        self._bufs = bufs = _byte_views(bufs)
         self._idx = 0
         self._off = 0
-        self._left = sum(len(b) for b in self._bufs)
+        self._left = sum(map(len, bufs))
 
     def remaining(self) -> int:
         return self._left
@@ -89,12 +94,11 @@ class Writer:
     __slots__ = ("_bufs", "_idx", "_off", "written", "capacity")
 
     def __init__(self, bufs):
-        self._bufs = [b if isinstance(b, memoryview) else memoryview(b) for b in bufs]
-        self._bufs = [b.cast("B") if b.format != "B" or b.ndim != 1 else b for b in self._bufs]
+        self._bufs = bufs = _byte_views(bufs)
         self._idx = 0
         self._off = 0
         self.written = 0
-        self.capacity = sum(len(b) for b in self._bufs)
+        self.capacity = sum(map(len, bufs))
 
     def available(self) -> int:
         return self.capacity - self.written

@@ -34,11 +34,11 @@ class _Wait(Exception):
         self.run = run
 
 
-def _unsupported():
+def _unsupported(*_):
     raise OSError(errno.ENOSYS, "unsupported opcode")
 
 
-def _before_init():
+def _before_init(*_):
     raise OSError(errno.EIO, "request before INIT")
 
 # What we accept of the kernel's INIT offer (more is added per cache mode).
@@ -150,25 +150,23 @@ class FuseServer:
             return 0
         writer.views(HDR)
         if handler is None:
-            call = _unsupported
+            handler = _unsupported
         elif not self.initialized and opcode != abi.INIT:
-            call = _before_init
-        else:
-            def call():
-                handler(nodeid, ctx, reader, writer)
+            handler = _before_init
+        args = (nodeid, ctx, reader, writer)
         try:
-            return self._reply(call, opcode, unique, writer)
+            return self._reply(handler, args, opcode, unique, writer)
         except _Wait as wait:
             if complete is None:
-                return self._reply(wait.run, opcode, unique, writer)
-            threading.Thread(target=lambda: complete(self._reply(wait.run, opcode, unique, writer)),
+                return self._reply(wait.run, (), opcode, unique, writer)
+            threading.Thread(target=lambda: complete(self._reply(wait.run, (), opcode, unique, writer)),
                              name=f"wait-{unique}", daemon=True).start()
             return DEFERRED
 
-    def _reply(self, call, opcode, unique, writer):
+    def _reply(self, call, args, opcode, unique, writer):
         """Run the operation; turn its outcome into the reply header."""
         try:
-            call()
+            call(*args)
             error = 0
         except _Wait:
             raise
