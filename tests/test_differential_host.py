@@ -23,8 +23,10 @@ Operations run as root in this process, or as uid/gid 1000 in a forked
 child (setgroups([]), setgid, setuid), so permission errnos are compared too.
 """
 import errno
+import fcntl
 import os
 import pickle
+import struct
 import select
 import shutil
 import signal
@@ -41,6 +43,7 @@ from pyvirtiofsd import syscalls
 
 fusemount.require_fuse()
 
+FLOCK = struct.Struct("hhqqi4x")     # struct flock
 USER = 1000
 EXPLICIT_NS = (1_000_000_000_123_456_789, 1_500_000_000_000_000_001,
                2_000_000_000_999_999_999, -123_456_789_000)
@@ -193,6 +196,32 @@ class Runner:
 
     def op_access(self, path, mode):
         return os.access(self.p(path), mode)
+
+    def op_tmpfile(self, dirpath, mode, slot):
+        """O_TMPFILE: an unnamed file in dirpath, in the slot."""
+        if slot in self.fds:
+            os.close(self.fds.pop(slot))
+        self.fds[slot] = os.open(self.p(dirpath), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode)
+
+    def op_link_slot(self, slot, path):
+        """Give the open (tmp)file a name, as linkat(AT_EMPTY_PATH) would."""
+        os.link(f"/proc/self/fd/{self.fd(slot)}", self.p(path), follow_symlinks=True)
+
+    def op_lock(self, slot, type_, start, length):
+        """A non-blocking open-file-description lock; the two slots are two owners."""
+        fcntl.fcntl(self.fd(slot), fcntl.F_OFD_SETLK, FLOCK.pack(type_, os.SEEK_SET, start, length, 0))
+
+    def op_getlk(self, slot, type_, start, length):
+        out = fcntl.fcntl(self.fd(slot), fcntl.F_OFD_GETLK, FLOCK.pack(type_, os.SEEK_SET, start, length, 0))
+        t, _, s, l, _ = FLOCK.unpack(out)
+        return (t, s, l)
+
+    def op_flock(self, slot, how):
+        fcntl.flock(self.fd(slot), how | fcntl.LOCK_NB)
+
+    def op_listdir_fd(self, slot):
+        """Read a directory through an open descriptor (rewound each time)."""
+        return sorted(os.listdir(self.fd(slot)))
 
     def op_read_file(self, path):
         with open(self.p(path), "rb") as f:
@@ -515,6 +544,34 @@ CORPUS = {
         U("setxattr", "mylink", "user.k", b"v", 0, False), U("link", "mine", "mine2"),
         R("lstat", "sgid/f"), R("lstat", "mine2"),
     ],
+    "tmpfile": [
+        R("mkdir", "d", 0o755), R("tmpfile", "d", 0o640, 0), R("write", 0, b"anonymous"), R("fstat", 0),
+        R("listdir", "d"), R("link_slot", 0, "d/named"), R("lstat", "d/named"), R("fstat", 0),
+        R("read_file", "d/named"), R("tmpfile", "missing", 0o600, 1), R("open", "f", WO | CREAT, 0o644, 2),
+        R("tmpfile", "f", 0o600, 1),
+    ],
+    "unlinked_but_open": [
+        R("open", "f", RW | CREAT, 0o644, 0), R("write", 0, b"still here"), R("unlink", "f"), R("fstat", 0),
+        R("pwrite", 0, b"more", 20), R("pread", 0, 100, 0), R("ftruncate", 0, 4), R("fstat", 0),
+        R("lstat", "f"), R("listdir", "."), R("open", "f", RW | CREAT, 0o600, 1), R("fstat", 1),
+        R("pread", 0, 100, 0), R("close", 0),
+    ],
+    "locks_between_owners": [
+        R("open", "f", RW | CREAT, 0o644, 0), R("open", "f", RW, 0, 1), R("lock", 0, fcntl.F_WRLCK, 0, 10),
+        R("lock", 1, fcntl.F_RDLCK, 5, 1), R("getlk", 1, fcntl.F_RDLCK, 5, 1), R("getlk", 1, fcntl.F_WRLCK, 10, 5),
+        R("lock", 1, fcntl.F_WRLCK, 10, 0), R("lock", 0, fcntl.F_UNLCK, 0, 5), R("lock", 1, fcntl.F_RDLCK, 0, 5),
+        R("getlk", 0, fcntl.F_WRLCK, 0, 0), R("close", 0), R("lock", 1, fcntl.F_WRLCK, 0, 0),
+        R("open", "f", RO, 0, 0), R("flock", 0, fcntl.LOCK_SH), R("flock", 1, fcntl.LOCK_SH),
+        R("flock", 2, fcntl.LOCK_EX), R("open", "f", RW, 0, 2), R("flock", 2, fcntl.LOCK_EX),
+        R("flock", 0, fcntl.LOCK_UN), R("flock", 1, fcntl.LOCK_UN), R("flock", 2, fcntl.LOCK_EX),
+        R("close", 2), R("flock", 0, fcntl.LOCK_EX),
+    ],
+    "readdir_while_modifying": [
+        R("mkdir", "d", 0o755), R("open", "d/a", WO | CREAT, 0o644, 0), R("open", "d", RO | O.O_DIRECTORY, 0, 1),
+        R("listdir_fd", 1), R("open", "d/b", WO | CREAT, 0o644, 0), R("listdir_fd", 1), R("unlink", "d/a"),
+        R("listdir_fd", 1), R("rename", "d/b", "d/c"), R("mkdir", "d/sub", 0o755), R("listdir_fd", 1),
+        R("rmdir", "d/sub"), R("listdir_fd", 1),
+    ],
     "killpriv_on_write": [
         R("open", "s", WO | CREAT, 0o644, 0), R("chown", "s", 1000, 1000), R("chmod", "s", 0o6755),
         R("open", "s", WO, 0, 1), R("write", 1, b"root writes"), R("lstat", "s"),
@@ -586,6 +643,12 @@ OP = st.one_of(
     st.tuples(st.just("fallocate"), slot, st.sampled_from([0, KEEP, PUNCH | KEEP]),
               st.sampled_from(OFFSETS), st.sampled_from([1, 4096, 10000])),
     st.tuples(st.just("fstat"), slot),
+    st.tuples(st.just("tmpfile"), st.sampled_from([".", "d", "e"]), mode, slot),
+    st.tuples(st.just("link_slot"), slot, path),
+    st.tuples(st.just("lock"), slot, st.sampled_from([fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK]),
+              st.sampled_from([0, 5, 100]), st.sampled_from([0, 1, 10])),
+    st.tuples(st.just("flock"), slot, st.sampled_from([fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_UN])),
+    st.tuples(st.just("listdir_fd"), slot),
     st.tuples(st.just("mkdir"), path, mode),
     st.tuples(st.just("rmdir"), path),
     st.tuples(st.just("unlink"), path),

@@ -104,7 +104,9 @@ class LockTable:
 def _replace_range(locks, owner, pid, start, end, type_):
     """owner's locks after setting [start, end] to type_ (F_UNLCK clears):
     the range is cut out of owner's existing locks, then the new lock is
-    merged with owner's adjacent or overlapping locks of the same type."""
+    merged with owner's adjacent or overlapping locks of the same type.
+    As in the kernel's list, an owner's locks stay together, sorted by start,
+    where its first lock was (GETLK reports the first conflict in this order)."""
     out = []
     for lk in locks:
         if lk.owner != owner or not lk.overlaps(start, end):
@@ -126,4 +128,8 @@ def _replace_range(locks, owner, pid, start, end, type_):
         else:
             merged.append(lk)
     merged.append(new)
-    return merged
+    first = next((i for i, lk in enumerate(locks) if lk.owner == owner), len(locks))
+    others = [lk for lk in merged if lk.owner != owner]
+    mine = sorted((lk for lk in merged if lk.owner == owner), key=lambda lk: lk.start)
+    at = sum(1 for lk in locks[:first] if lk.owner != owner and lk in others)
+    return others[:at] + mine + others[at:]

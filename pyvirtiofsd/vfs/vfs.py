@@ -29,10 +29,11 @@ class Node:
 
 
 class OpenFile:
-    __slots__ = ("node", "obj", "flags", "is_dir")
+    __slots__ = ("node", "obj", "flags", "is_dir", "lock_owners")
 
     def __init__(self, node, obj, flags, is_dir):
         self.node, self.obj, self.flags, self.is_dir = node, obj, flags, is_dir
+        self.lock_owners = None     # owners that took POSIX locks through this file
 
 
 def check_name(name: bytes) -> bytes:
@@ -203,6 +204,10 @@ class Vfs:
         f = self._pop_file(fh, False)
         if flock_owner is not None:
             self.locks.release_owner(f.node.handle.key, flock_owner, flock=True)
+        # Process-owned locks went at FLUSH (every close flushes its owner), so
+        # what is left was taken by the open file description itself (OFD locks).
+        for owner in f.lock_owners or ():
+            self.locks.release_owner(f.node.handle.key, owner)
         self.backend.release(ctx, f.obj)
 
     def getlk(self, ctx, fh, owner, start, end, type_, flock=False):
@@ -211,8 +216,12 @@ class Vfs:
         return (lk.start, lk.end, lk.type, lk.pid) if lk else None
 
     def setlk(self, ctx, fh, owner, start, end, type_, flock=False, waiter=None):
-        self.locks.setlk(self.file(fh).node.handle.key, owner, ctx.pid, start, end, type_,
-                         flock=flock, waiter=waiter)
+        f = self.file(fh)
+        self.locks.setlk(f.node.handle.key, owner, ctx.pid, start, end, type_, flock=flock, waiter=waiter)
+        if not flock:
+            if f.lock_owners is None:
+                f.lock_owners = set()
+            f.lock_owners.add(owner)
 
     def fallocate(self, ctx, fh, mode, offset, length):
         self.backend.fallocate(ctx, self.file(fh).obj, mode, offset, length)
