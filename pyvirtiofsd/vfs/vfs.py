@@ -10,7 +10,7 @@ import errno
 import logging
 import threading
 
-from .backend import ROOT_CTX, Backend, Ctx, SetAttr
+from .backend import RENAME_EXCHANGE, RENAME_WHITEOUT, ROOT_CTX, Backend, Ctx, SetAttr
 from .locks import LockTable
 
 ROOT_ID = 1
@@ -50,6 +50,7 @@ class Vfs:
         if cache not in CACHE_TIMEOUTS:
             raise ValueError(f"unknown cache mode {cache!r}")
         self.backend = backend
+        self.caps = backend.capabilities
         self.cache = cache
         self.entry_timeout = self.attr_timeout = CACHE_TIMEOUTS[cache]
         self._lock = threading.Lock()
@@ -153,11 +154,15 @@ class Vfs:
         return self._entry(self.backend.mkdir(ctx, self.node(parent).handle, check_name(name), mode))
 
     def symlink(self, ctx, parent, name, target):
+        if not self.caps.symlinks:
+            raise OSError(errno.EPERM, "this backend has no symlinks")
         if not target or b"\0" in target or len(target) > 4095:
             raise OSError(errno.EINVAL if b"\0" in target or not target else errno.ENAMETOOLONG, "bad target")
         return self._entry(self.backend.symlink(ctx, self.node(parent).handle, check_name(name), target))
 
     def link(self, ctx, nodeid, newparent, newname):
+        if not self.caps.hardlinks:
+            raise OSError(errno.EPERM, "this backend has no hard links")
         return self._entry(self.backend.link(ctx, self.node(nodeid).handle,
                                              self.node(newparent).handle, check_name(newname)))
 
@@ -168,6 +173,9 @@ class Vfs:
         self.backend.rmdir(ctx, self.node(parent).handle, check_name(name))
 
     def rename(self, ctx, parent, name, newparent, newname, flags=0):
+        if (flags & RENAME_EXCHANGE and not self.caps.rename_exchange
+                or flags & RENAME_WHITEOUT and not self.caps.rename_whiteout):
+            raise OSError(errno.EINVAL, "rename flag not supported by this backend")
         self.backend.rename(ctx, self.node(parent).handle, check_name(name),
                             self.node(newparent).handle, check_name(newname), flags)
 
@@ -246,16 +254,24 @@ class Vfs:
     def releasedir(self, ctx, fh):
         self.backend.releasedir(ctx, self._pop_file(fh, True).obj)
 
+    def _need_xattrs(self):
+        if not self.caps.xattrs:
+            raise OSError(errno.EOPNOTSUPP, "this backend has no xattrs")
+
     def setxattr(self, ctx, nodeid, name, value, flags):
+        self._need_xattrs()
         self.backend.setxattr(ctx, self.node(nodeid).handle, _xattr_name(name), value, flags)
 
     def getxattr(self, ctx, nodeid, name) -> bytes:
+        self._need_xattrs()
         return self.backend.getxattr(ctx, self.node(nodeid).handle, _xattr_name(name))
 
     def listxattr(self, ctx, nodeid) -> list:
+        self._need_xattrs()
         return self.backend.listxattr(ctx, self.node(nodeid).handle)
 
     def removexattr(self, ctx, nodeid, name):
+        self._need_xattrs()
         self.backend.removexattr(ctx, self.node(nodeid).handle, _xattr_name(name))
 
     def statfs(self, ctx, nodeid):

@@ -619,15 +619,17 @@ class MemoryBackend(Backend):
             if whence in (os.SEEK_DATA, os.SEEK_HOLE):
                 if offset < 0 or offset >= h.size:
                     raise OSError(errno.ENXIO, "beyond end of file")
-                idx = offset // PAGE
-                last = (h.size - 1) // PAGE
-                want_data = whence == os.SEEK_DATA
-                while idx <= last and (idx in h.pages and idx not in h.unwritten) != want_data:
-                    idx += 1
-                if idx > last:
-                    if want_data:
+                first, last = offset // PAGE, (h.size - 1) // PAGE
+                data = sorted(i for i in h.pages if first <= i <= last and i not in h.unwritten)
+                if whence == os.SEEK_DATA:
+                    if not data:
                         raise OSError(errno.ENXIO, "no more data")
-                    return h.size
+                    return max(offset, data[0] * PAGE)
+                idx = first                 # SEEK_HOLE: the end of the data run at first
+                for i in data:
+                    if i != idx:
+                        break
+                    idx += 1
                 return min(max(offset, idx * PAGE), h.size)
             if whence == os.SEEK_SET:
                 pos = offset
