@@ -32,7 +32,8 @@ def build_parser():
     p.add_argument("--tag", default="myfs", help="virtio-fs tag (when the front-end asks the back-end's config)")
     p.add_argument("--cache", choices=["auto", "always", "never", "metadata"], default="auto")
     p.add_argument("--thread-pool-size", type=int, default=0, metavar="N",
-                   help="worker threads for /dev/fuse (virtio uses one worker per queue)")
+                   help="threads serving each request queue (0: the queue's own worker; "
+                        "/dev/fuse: worker threads, default 2)")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info")
     p.add_argument("--xattr", dest="xattr", action="store_true", default=True, help="support xattrs (default)")
     p.add_argument("--no-xattr", dest="xattr", action="store_false")
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
             from .device import fusedev
             return fusedev.serve(server, args.mount, threads=args.thread_pool_size or 2, log=log)
         from .device import virtio_fs
-        return virtio_fs.serve(server, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag, log=log)
+        return virtio_fs.serve(server, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag,
+                               thread_pool_size=args.thread_pool_size, log=log)
     finally:
         # bench/ reads this line to count requests per CPU second
         log.info("requests served: %d", server.requests)

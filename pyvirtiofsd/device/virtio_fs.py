@@ -10,6 +10,7 @@ import select
 import socket
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from ..protocol.buffers import Reader, Writer
@@ -23,15 +24,17 @@ STOP_TIMEOUT = 30
 
 
 class QueueWorker(threading.Thread):
-    def __init__(self, device, vq):
+    def __init__(self, device, vq, pool=None):
         super().__init__(name=f"vq{vq.index}", daemon=True)
-        self.device, self.vq = device, vq
+        self.device, self.vq, self.pool = device, vq, pool
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         self.broken = False
 
     def stop(self):
         os.eventfd_write(self.stop_fd, 1)
         self.join(STOP_TIMEOUT)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
         if self.is_alive():
             self.device.log.error("queue %d worker did not stop in %ds", self.vq.index, STOP_TIMEOUT)
         os.close(self.stop_fd)
@@ -52,7 +55,7 @@ class QueueWorker(threading.Thread):
 
     def drain(self):
         # memory cannot change under us: SET_MEM_TABLE stops the queue first
-        vq, handle, complete = self.vq, self.device.server.handle, self.complete
+        vq, handle, complete, pool = self.vq, self.device.server.handle, self.complete, self.pool
         while True:
             try:
                 item = vq.pop()
@@ -66,10 +69,23 @@ class QueueWorker(threading.Thread):
             if readable is None:
                 vq.push(head, 0)
                 continue
+            if pool is not None:
+                pool.submit(self.serve_one, head, readable, writable)
+                continue
             n = handle(Reader(readable), Writer(writable), partial(complete, head))
             if n != DEFERRED:
                 vq.push(head, n)
         vq.notify()
+
+    def serve_one(self, head, readable, writable):
+        """One chain on a pool thread (--thread-pool-size)."""
+        try:
+            n = self.device.server.handle(Reader(readable), Writer(writable), partial(self.complete, head))
+        except Exception:
+            self.device.log.exception("queue %d: request failed", self.vq.index)
+            n = 0
+        if n != DEFERRED:
+            self.complete(head, n)
 
     def complete(self, head, n):
         """A deferred reply is written (from another thread): hand its chain back."""
@@ -80,8 +96,9 @@ class QueueWorker(threading.Thread):
 
 
 class VirtioFsDevice:
-    def __init__(self, server, tag="myfs", num_request_queues=1, log=None):
+    def __init__(self, server, tag="myfs", num_request_queues=1, log=None, thread_pool_size=0):
         self.server = server
+        self.thread_pool_size = thread_pool_size
         self.log = log or logging.getLogger("pyvirtiofsd")
         self.max_queues = 1 + max(MAX_REQUEST_QUEUES, num_request_queues)
         tag_bytes = tag.encode()
@@ -92,7 +109,12 @@ class VirtioFsDevice:
         self.workers = {}
 
     def start_queue(self, vq):
-        w = QueueWorker(self, vq)
+        # requests of a queue run on its worker, or on a pool when asked for;
+        # the high-priority queue (FORGET, INTERRUPT) always runs inline
+        pool = None
+        if self.thread_pool_size and vq.index > 0:
+            pool = ThreadPoolExecutor(self.thread_pool_size, thread_name_prefix=f"vq{vq.index}-pool")
+        w = QueueWorker(self, vq, pool)
         self.workers[vq.index] = w
         w.start()
 
@@ -113,7 +135,7 @@ def _listen(socket_path):
 
 
 def serve(server, *, socket_path=None, listen_fd=None, tag="myfs", num_request_queues=1,
-          log=logging.getLogger("pyvirtiofsd")) -> int:
+          thread_pool_size=0, log=logging.getLogger("pyvirtiofsd")) -> int:
     """Accept one vhost-user front-end and serve it until it disconnects."""
     sock = _listen(socket_path) if socket_path else socket.socket(fileno=listen_fd)
     try:
@@ -127,7 +149,7 @@ def serve(server, *, socket_path=None, listen_fd=None, tag="myfs", num_request_q
             with contextlib.suppress(OSError):
                 os.unlink(socket_path)
     log.info("front-end connected")
-    device = VirtioFsDevice(server, tag, num_request_queues, log)
+    device = VirtioFsDevice(server, tag, num_request_queues, log, thread_pool_size)
     try:
         VhostUserBackend(conn, device).run()
     except KeyboardInterrupt:
