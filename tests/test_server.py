@@ -400,3 +400,26 @@ def test_security_context_extension_labels_new_objects(fc, share):
     fc.unique += 1
     hdr = abi.IN_HEADER.pack(40 + 10, abi.MKDIR, fc.unique, ROOT, 0, 0, 1, 4, 0)
     assert abi.OUT_HEADER.unpack_from(fc.send(hdr + abi.MKDIR_IN.pack(0o755, 0) + b"e\0", 4096))[1] == -errno.EINVAL
+
+
+def test_access_syncfs_fsyncdir_ioctl_poll(fc, share):
+    (share / "private").write_bytes(b"")
+    os.chmod(share / "private", 0o600)
+    e = fc.lookup(ROOT, b"private")
+    fc.access(e.nodeid, os.R_OK | os.W_OK)                          # root reads and writes anything
+    assert errno_of(fc.access, e.nodeid, os.X_OK) == errno.EACCES    # but runs only what has an x bit
+    fc.uid = fc.gid = 1000
+    assert errno_of(fc.access, e.nodeid, os.R_OK) == errno.EACCES
+    fc.access(e.nodeid, os.F_OK)
+    fc.uid = fc.gid = 0
+    fc.syncfs()
+    fh = fc.opendir(ROOT)
+    fc.fsync(ROOT, fh, op=abi.FSYNCDIR)
+    fc.fsync(ROOT, fh, datasync=True, op=abi.FSYNCDIR)
+    fc.releasedir(ROOT, fh)
+    fh = fc.open(e.nodeid, os.O_RDONLY)
+    assert fc.request(abi.IOCTL, e.nodeid, abi.IOCTL_IN.pack(fh, 0, 0x5401, 0, 0, 0))[0] == errno.ENOTTY
+    import select
+    events = select.POLLIN | select.POLLOUT | select.POLLPRI
+    revents = abi.POLL_OUT.unpack(fc.call(abi.POLL, e.nodeid, abi.POLL_IN.pack(fh, 0, 0, events)))[0]
+    assert revents == select.POLLIN | select.POLLOUT
