@@ -57,12 +57,7 @@ GROUPS = ["meta", "seq", "rand", "tree", "par"]
 
 
 def fsbench_binary():
-    out = os.path.join(BUILD, "fsbench")
-    src = os.path.join(HERE, "fsbench.c")
-    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
-        os.makedirs(BUILD, exist_ok=True)
-        subprocess.run(["gcc", "-static", "-O2", "-o", out, src], check=True)
-    return out
+    return guest.static_binary(os.path.join(HERE, "fsbench.c"), BUILD)
 
 
 def tree_tarball(src):

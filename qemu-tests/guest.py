@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -114,13 +113,17 @@ def _libs_of(binary):
     return sorted(set(re.findall(r"(/\S+\.so[\.\d]*)", out)))
 
 
-def _fsop():
-    out = os.path.join(BUILD, "fsop")
-    src = os.path.join(HERE, "fsop.c")
+def static_binary(src, build_dir=BUILD):
+    """Compile a one-file C helper static (for the guest), once per change."""
+    out = os.path.join(build_dir, os.path.splitext(os.path.basename(src))[0])
     if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
-        os.makedirs(BUILD, exist_ok=True)
+        os.makedirs(build_dir, exist_ok=True)
         subprocess.run(["gcc", "-static", "-O2", "-o", out, src], check=True)
     return out
+
+
+def _fsop():
+    return static_binary(os.path.join(HERE, "fsop.c"))
 
 
 def initramfs(script: str, extra_files=None) -> str:

@@ -2,7 +2,6 @@
 does and decodes replies. The transport is any callable
 ``send(request: bytes, reply_room: int) -> bytes`` (the reply, b"" if none),
 so the same client drives the server directly or through vhost-user."""
-import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -59,6 +58,24 @@ def direct_transport(server):
         n = server.handle(Reader([request]), Writer([buf]))
         return bytes(buf[:n])
     return send
+
+
+def errno_of(fn, *args, **kwargs):
+    """The errno a client call fails with (it must fail)."""
+    try:
+        fn(*args, **kwargs)
+    except FuseError as e:
+        return e.errno
+    raise AssertionError(f"{fn.__name__} succeeded")
+
+
+def serve(backend, cache="auto", **client_kw):
+    """A client talking straight to FuseServer(Vfs(backend)), after INIT."""
+    from pyvirtiofsd.protocol.server import FuseServer
+    from pyvirtiofsd.vfs.vfs import Vfs
+    c = FuseClient(direct_transport(FuseServer(Vfs(backend, cache=cache))), **client_kw)
+    c.init()
+    return c
 
 
 class FuseClient:
@@ -257,4 +274,4 @@ class FuseClient:
         self.call(abi.DESTROY, 0)
 
 
-__all__ = ["FuseClient", "FuseError", "direct_transport", "errno"]
+__all__ = ["FuseClient", "FuseError", "direct_transport", "errno_of", "serve"]

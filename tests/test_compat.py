@@ -7,20 +7,15 @@ import struct
 
 import pytest
 
-from fuse_client import FuseClient, FuseError, direct_transport
+from fuse_client import FuseError, serve
 from pyvirtiofsd.protocol import abi
-from pyvirtiofsd.protocol.server import FuseServer
 from pyvirtiofsd.vfs.backends.host import HostBackend
 from pyvirtiofsd.vfs.backends.memory import MemoryBackend
-from pyvirtiofsd.vfs.vfs import Vfs
 
 ROOT = abi.ROOT_ID
 
 
-def client(backend):
-    c = FuseClient(direct_transport(FuseServer(Vfs(backend))))
-    c.init()
-    return c
+client = serve
 
 
 def test_locks_are_local_to_the_daemon(tmp_path):

@@ -390,7 +390,7 @@ def compare(sides, steps):
                     problems.append(f"  hard link groups: host {snap_a[1]} ours {snap_b[1]}")
         if problems:
             seq = "\n".join(fmt_step(k, s) for k, s in enumerate(steps))
-            pytest.fail(f"differences from the host kernel:\n" + "\n".join(problems[:5])
+            pytest.fail("differences from the host kernel:\n" + "\n".join(problems[:5])
                         + f"\nsequence (cwd = a fresh 0777 directory):\n{seq}", pytrace=False)
     finally:
         sides.cleanup(os.path.basename(plain_root))

@@ -9,11 +9,9 @@ import threading
 
 import pytest
 
-from fuse_client import FuseClient, FuseError, direct_transport
+from fuse_client import FuseError, errno_of, serve
 from pyvirtiofsd.protocol import abi
-from pyvirtiofsd.protocol.server import FuseServer
 from pyvirtiofsd.vfs.backends.host import HostBackend
-from pyvirtiofsd.vfs.vfs import Vfs
 
 ROOT = abi.ROOT_ID
 
@@ -30,15 +28,7 @@ def dirs(tmp_path):
 
 @pytest.fixture
 def fc(dirs):
-    c = FuseClient(direct_transport(FuseServer(Vfs(HostBackend(str(dirs[0]))))))
-    c.init()
-    return c
-
-
-def errno_of(fn, *a, **kw):
-    with pytest.raises(FuseError) as e:
-        fn(*a, **kw)
-    return e.value.errno
+    return serve(HostBackend(str(dirs[0])))
 
 
 def snapshot(path):

@@ -5,27 +5,16 @@ import errno
 import os
 import stat
 
-import pytest
 
-from fuse_client import FuseClient, FuseError, direct_transport
+from fuse_client import errno_of, serve
 from pyvirtiofsd.protocol import abi
-from pyvirtiofsd.protocol.server import FuseServer
 from pyvirtiofsd.vfs.backends.memory import MemoryBackend
-from pyvirtiofsd.vfs.vfs import Vfs
 
 ROOT = abi.ROOT_ID
 
 
 def client(**kw):
-    c = FuseClient(direct_transport(FuseServer(Vfs(MemoryBackend(**kw)))))
-    c.init()
-    return c
-
-
-def errno_of(fn, *a, **kw):
-    with pytest.raises(FuseError) as e:
-        fn(*a, **kw)
-    return e.value.errno
+    return serve(MemoryBackend(**kw))
 
 
 def test_byte_limit_gives_enospc_and_statfs_reports_it():
@@ -110,8 +99,7 @@ def test_vfs_fails_early_where_a_backend_lacks_a_capability():
     bare = MemoryBackend()
     bare.capabilities = Capabilities(hardlinks=False, symlinks=False, rename_exchange=False,
                                      rename_whiteout=False, xattrs=False)
-    c = FuseClient(direct_transport(FuseServer(Vfs(bare))))
-    c.init()
+    c = serve(bare)
     f = c.mknod(ROOT, b"f", stat.S_IFREG | 0o644)
     c.mknod(ROOT, b"g", stat.S_IFREG | 0o644)
     assert errno_of(c.link, f.nodeid, ROOT, b"h") == errno.EPERM

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from fuse_client import FuseClient, FuseError, direct_transport
+from fuse_client import FuseClient, direct_transport, errno_of
 from pyvirtiofsd.protocol import abi
 from pyvirtiofsd.protocol.server import FuseServer, decode_dev, encode_dev
 from pyvirtiofsd.vfs.backends.host import HostBackend
@@ -34,12 +34,6 @@ def fc(server):
     c = FuseClient(direct_transport(server))
     c.init()
     return c
-
-
-def errno_of(fn, *a, **kw):
-    with pytest.raises(FuseError) as e:
-        fn(*a, **kw)
-    return e.value.errno
 
 
 def assert_attr_matches(attr, path):

@@ -157,11 +157,12 @@ class FuseServer:
         try:
             return self._reply(handler, args, opcode, unique, writer)
         except _Wait as wait:
-            if complete is None:
-                return self._reply(wait.run, (), opcode, unique, writer)
-            threading.Thread(target=lambda: complete(self._reply(wait.run, (), opcode, unique, writer)),
-                             name=f"wait-{unique}", daemon=True).start()
-            return DEFERRED
+            run = wait.run              # `wait` is unbound once this block ends
+        if complete is None:
+            return self._reply(run, (), opcode, unique, writer)
+        threading.Thread(target=lambda: complete(self._reply(run, (), opcode, unique, writer)),
+                         name=f"wait-{unique}", daemon=True).start()
+        return DEFERRED
 
     def _reply(self, call, args, opcode, unique, writer):
         """Run the operation; turn its outcome into the reply header."""
