@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusemount
-from overlay_trees import make_lowers, raw_snapshot
+from test_overlay_trees import make_lowers, raw_snapshot
 from pyvirtiofsd import syscalls
 from pyvirtiofsd.vfs.overlay import build_overlay
 from test_differential_host import EXPLICIT_NS, R, U, fmt_step, run_sequence, snapshot, _short
