@@ -39,6 +39,13 @@ def build_parser():
     p.add_argument("--no-xattr", dest="xattr", action="store_false")
     p.add_argument("--allow-devices", action="store_true", help="let the guest create device nodes")
     p.add_argument("--posix-acl", action="store_true", help="POSIX ACLs (host backend; needs xattrs)")
+    p.add_argument("--lower", action="append", default=[], metavar="DIR",
+                   help="overlay: a read-only lower layer under --shared-dir (the upper); repeat, highest first")
+    p.add_argument("--overlay-workdir", metavar="DIR",
+                   help="overlay: work directory on the upper's file system (default: .UPPER.ovl-work beside it)")
+    p.add_argument("--userxattr", action="store_true", help="overlay: user.overlay.* xattrs instead of trusted.overlay.*")
+    p.add_argument("--metacopy", action="store_true", help="overlay: metadata-only copy-up")
+    p.add_argument("--redirect-dir", action="store_true", help="overlay: rename merged directories (redirect xattrs)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the vhost-user back-end capabilities JSON and exit")
     return p
@@ -62,6 +69,11 @@ def parse_args(argv=None):
         p.error(f"--prefill {args.prefill}: no such file or directory")
     if args.mount and not os.path.isdir(args.mount):
         p.error(f"--mount {args.mount}: not a directory")
+    for d in args.lower:
+        if not os.path.isdir(d):
+            p.error(f"--lower {d}: not a directory")
+    if args.lower and args.backend != "host":
+        p.error("--lower needs the host backend (the upper is --shared-dir)")
     return args
 
 
@@ -75,6 +87,12 @@ def raise_fd_limit():
 
 
 def make_backend(args):
+    if args.lower:
+        from .vfs.overlay import build_overlay
+        return build_overlay(args.shared_dir, args.lower, workdir=args.overlay_workdir,
+                             userxattr=args.userxattr, metacopy=args.metacopy,
+                             redirect_dir=args.redirect_dir, xattr=args.xattr,
+                             allow_devices=args.allow_devices)
     if args.backend == "memory":
         from .vfs.backends.memory import MemoryBackend
         return MemoryBackend(max_bytes=args.memory_size, allow_devices=args.allow_devices,
