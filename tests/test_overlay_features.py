@@ -1,6 +1,7 @@
 """Overlay features beyond the differential corpus: interop of the upper
 layer with kernel overlayfs both ways, memory layers, userxattr, metacopy,
 hard links across copy-up, inode numbers, the negative lookup cache."""
+import errno
 import os
 import shutil
 import stat
@@ -161,3 +162,15 @@ def test_negative_lookups_are_cached_per_layer(base):
         ovl.lookup(ROOT_CTX, root, b"absent")
     ovl.forget(h)
     ovl.forget(h2)
+
+
+def test_no_tmpfile_on_the_overlay(base):
+    """O_TMPFILE is refused (EOPNOTSUPP; the kernel's overlayfs has it since 6.6)."""
+    from pyvirtiofsd.vfs.overlay import build_overlay
+    from pyvirtiofsd.vfs.backend import ROOT_CTX
+    upper = os.path.join(base, "U")
+    os.mkdir(upper)
+    ovl = build_overlay(upper, [], workdir=os.path.join(base, "W"))
+    with pytest.raises(OSError) as e:
+        ovl.tmpfile(ROOT_CTX, ovl.root(), 0o600, os.O_RDWR)
+    assert e.value.errno == errno.EOPNOTSUPP
