@@ -148,7 +148,7 @@ def host_fuse_run(sizes, fsbench, tree):
             backing, mnt = os.path.join(base, "backing"), os.path.join(base, "mnt")
             os.mkdir(backing)
             os.mkdir(mnt)
-            proc = subprocess.Popen([guest.VENV_PY, "-m", "pyvirtiofsd", "--mount", mnt, "--shared-dir", backing,
+            proc = subprocess.Popen([guest.python(), "-m", "pyvirtiofsd", "--mount", mnt, "--shared-dir", backing,
                                      "--cache", "auto", "--thread-pool-size", "2"], stderr=subprocess.PIPE,
                                     text=True, start_new_session=True)
             deadline = time.monotonic() + 20
@@ -225,6 +225,12 @@ def markdown(data):
     return "\n".join(lines)
 
 
+def save(out, stamp, data):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stamp}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=list(SIZES), default="full")
@@ -244,12 +250,11 @@ def main(argv=None):
         for daemon in order:
             print(f"bench: {daemon} cache={cache} ...", flush=True)
             data["guest"][cache][daemon] = one_run(daemon, cache, sizes, tree, fsbench)
+            save(args.out, stamp, data)         # partial results survive a later failure
     if not args.no_host:
         print("bench: /dev/fuse on the host ...", flush=True)
         data["host"] = host_fuse_run(sizes, fsbench, tree)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{stamp}.json"), "w") as f:
-        json.dump(data, f, indent=1)
+    save(args.out, stamp, data)
     md = markdown(data)
     with open(os.path.join(args.out, f"{stamp}.md"), "w") as f:
         f.write(md)

@@ -173,9 +173,14 @@ def initramfs(script: str, extra_files=None) -> str:
 
 
 # -- daemons -----------------------------------------------------------------------------------
+def python():
+    """The interpreter that runs our daemon: the project's venv, else this one."""
+    return VENV_PY if os.path.exists(VENV_PY) else sys.executable
+
+
 def daemon_command(which, socket_path, share, cache="auto", extra=()):
     if which == "ours":
-        return [VENV_PY if os.path.exists(VENV_PY) else sys.executable, "-m", "pyvirtiofsd",
+        return [python(), "-m", "pyvirtiofsd",
                 "--socket-path", socket_path, "--shared-dir", share, "--cache", cache, *extra]
     if which == "reference":
         # the C virtiofsd spells "never" as "none"
