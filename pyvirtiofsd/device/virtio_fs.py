@@ -49,7 +49,10 @@ class QueueWorker(threading.Thread):
             for fd, _ in poller.poll():
                 if fd == stop:
                     return
-                os.eventfd_read(kick)
+                try:
+                    os.eventfd_read(kick)
+                except BlockingIOError:     # the front-end's eventfd may be non-blocking
+                    pass
                 if not self.broken:
                     self.drain()
 
