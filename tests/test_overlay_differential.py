@@ -60,8 +60,12 @@ def our_overlay(lowers, base, **opts):
     os.mkdir(upper)
     os.chmod(upper, 0o755)
     backend = build_overlay(upper, lowers, workdir=work, **opts)
-    with fusemount.mounted(backend, cache="never", threads=2) as mnt:
-        yield mnt, upper
+    try:
+        with fusemount.mounted(backend, cache="never", threads=2) as mnt:
+            yield mnt, upper
+    finally:
+        backend.destroy()       # its host descriptors
+
 
 
 def compare_overlay(lowers, steps, kernel_opts="", **opts):

@@ -1,6 +1,7 @@
 """Overlay features beyond the differential corpus: interop of the upper
 layer with kernel overlayfs both ways, memory layers, userxattr, metacopy,
 hard links across copy-up, inode numbers, the negative lookup cache."""
+import contextlib
 import errno
 import os
 import shutil
@@ -18,6 +19,16 @@ from pyvirtiofsd.vfs.overlay import OverlayBackend
 
 fusemount.require_fuse()
 ALL_STEPS = [s for name in sorted(CORPUS) for s in CORPUS[name]]
+
+
+@contextlib.contextmanager
+def serving(backend):
+    """Mount backend; destroy it afterwards (its host descriptors)."""
+    try:
+        with fusemount.mounted(backend, cache="never") as mnt:
+            yield mnt
+    finally:
+        backend.destroy()
 
 
 @pytest.fixture
@@ -61,7 +72,7 @@ def test_kernel_upper_served_by_us(lowers, base, name):
         theirs = snapshot(kmnt)
     from pyvirtiofsd.vfs.overlay import build_overlay
     backend = build_overlay(kupper, lowers, workdir=os.path.join(base, "W1"))
-    with fusemount.mounted(backend, cache="never") as mnt:
+    with serving(backend) as mnt:
         assert snapshot(mnt) == theirs
 
 
@@ -81,7 +92,7 @@ def test_memory_layers_match_kernel(lowers, base):
         want = run_sequence(kmnt, steps)
         theirs = _no_dir_sizes(snapshot(kmnt))
     backend = OverlayBackend(MemoryBackend(), [MemoryBackend(prefill=d) for d in lowers])
-    with fusemount.mounted(backend, cache="never") as mnt:
+    with serving(backend) as mnt:
         os.chmod(mnt, 0o755)
         assert run_sequence(mnt, steps) == want
         assert _no_dir_sizes(snapshot(mnt)) == theirs
@@ -95,7 +106,7 @@ def test_host_upper_over_memory_and_host_lowers(lowers, base):
                              workdir=os.path.join(base, "W"))
     with kernel_overlay(lowers, base) as (kmnt, _):
         theirs = snapshot(kmnt)
-    with fusemount.mounted(backend, cache="never") as mnt:
+    with serving(backend) as mnt:
         assert _no_dir_sizes(snapshot(mnt)) == _no_dir_sizes(theirs)
 
 
@@ -121,7 +132,7 @@ def test_hard_links_stay_one_inode_after_copy_up(base):
         f.write(b"old")
     os.link(os.path.join(lower, "a"), os.path.join(lower, "b"))
     from pyvirtiofsd.vfs.overlay import build_overlay
-    with fusemount.mounted(build_overlay(upper, [lower], workdir=os.path.join(base, "W"))) as mnt:
+    with serving(build_overlay(upper, [lower], workdir=os.path.join(base, "W"))) as mnt:
         a, b = os.path.join(mnt, "a"), os.path.join(mnt, "b")
         ino, dev = os.lstat(a).st_ino, os.lstat(a).st_dev
         assert os.lstat(b).st_ino == ino
@@ -162,6 +173,7 @@ def test_negative_lookups_are_cached_per_layer(base):
         ovl.lookup(ROOT_CTX, root, b"absent")
     ovl.forget(h)
     ovl.forget(h2)
+    ovl.destroy()
 
 
 def test_no_tmpfile_on_the_overlay(base):
@@ -174,3 +186,4 @@ def test_no_tmpfile_on_the_overlay(base):
     with pytest.raises(OSError) as e:
         ovl.tmpfile(ROOT_CTX, ovl.root(), 0o600, os.O_RDWR)
     assert e.value.errno == errno.EOPNOTSUPP
+    ovl.destroy()

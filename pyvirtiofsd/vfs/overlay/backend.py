@@ -264,5 +264,8 @@ class OverlayBackend(Backend):
         self.upper.backend.syncfs(ctx)
 
     def destroy(self):
+        with self.table.lock:
+            self.table.drop_all()
+        self.work.close()
         for layer in [self.upper] + self.lowers:
             layer.backend.destroy()

@@ -107,10 +107,10 @@ def rename(ovl, parent, name, newparent, newname, flags):
             raise _err(errno.ENOENT, "nothing to exchange with")
         if flags & RENAME_NOREPLACE and dst is not None:
             raise _err(errno.EEXIST, "target exists")
-        _check_replace(ovl, src, dst, flags)
-        _check_dir_move(ovl, src)
+        _check_dir_move(ovl, src)          # the kernel answers EXDEV first
         if flags & RENAME_EXCHANGE:
             _check_dir_move(ovl, dst)
+        _check_replace(ovl, src, dst, flags)
             _exchange(ovl, parent, name, src, newparent, newname, dst)
         else:
             _move(ovl, parent, name, src, newparent, newname, dst)

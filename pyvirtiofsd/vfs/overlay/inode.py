@@ -102,6 +102,13 @@ class InodeTable:
             self._drop(inode)
             inode = inode.parent
 
+    def drop_all(self):
+        """Unmount: every cached inode forgets its real handles."""
+        for inode in list(self.by_key.values()) + list(self.by_upper.values()):
+            if inode.pins >= 0:
+                inode.pins = -1           # once each
+                self._drop(inode)
+
     def _drop(self, inode):
         if self.by_key.get(inode.key) is inode:
             del self.by_key[inode.key]

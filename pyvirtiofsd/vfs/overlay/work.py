@@ -57,6 +57,9 @@ class WorkArea:
         self._names = itertools.count(1)
         self.clean()
 
+    def close(self):
+        self.layer.forget(self.handle)
+
     def tmpname(self) -> bytes:
         return b"#%x.%d" % (next(self._names), os.getpid())
 
