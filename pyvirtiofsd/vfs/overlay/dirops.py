@@ -111,6 +111,7 @@ def rename(ovl, parent, name, newparent, newname, flags):
         if flags & RENAME_EXCHANGE:
             _check_dir_move(ovl, dst)
         _check_replace(ovl, src, dst, flags)
+        if flags & RENAME_EXCHANGE:
             _exchange(ovl, parent, name, src, newparent, newname, dst)
         else:
             _move(ovl, parent, name, src, newparent, newname, dst)
