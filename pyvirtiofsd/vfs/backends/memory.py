@@ -473,7 +473,8 @@ class MemoryBackend(Backend):
                 raise OSError(errno.ELOOP, "is a symlink")
             if h.is_dir() and flags & os.O_ACCMODE != os.O_RDONLY:
                 raise OSError(errno.EISDIR, "is a directory")
-            if flags & os.O_TRUNC and stat.S_ISREG(h.mode) and flags & os.O_ACCMODE != os.O_RDONLY:
+            # Linux truncates even for O_RDONLY|O_TRUNC (the kernel checked write access)
+            if flags & os.O_TRUNC and stat.S_ISREG(h.mode):
                 if h.size:
                     self._truncate(h, 0)
                     h.touch()
