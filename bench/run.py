@@ -95,7 +95,7 @@ class Markers:
     def __init__(self, ours):
         self.ours, self.buf, self.samples = ours, "", []
 
-    def __call__(self, text, pid):
+    def __call__(self, text, pid, log_path):
         self.buf += text
         while "\n" in self.buf:
             line, self.buf = self.buf.split("\n", 1)
@@ -103,7 +103,20 @@ class Markers:
             if m:
                 self.samples.append((m.group(1), session_cpu(pid), time.monotonic()))
                 if self.ours:
-                    os.kill(pid, signal.SIGUSR1)
+                    self._ask_count(pid, log_path)
+
+    def _ask_count(self, pid, log_path):
+        """SIGUSR1 makes our daemon log its request count. Signals do not
+        queue, so wait for this one's line before the next marker."""
+        want = self.asked = getattr(self, "asked", 0) + 1
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with open(log_path) as f:
+                if f.read().count("requests served") >= want:
+                    return
+            time.sleep(0.005)
+        raise RuntimeError("the daemon did not report its request count")
 
 
 def parse_timings(console):

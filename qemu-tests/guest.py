@@ -236,7 +236,7 @@ def qemu_command(socket_path, initrd, num_request_queues=1, mem_mb=512):
 def boot(share, script, *, daemon=None, num_request_queues=1, timeout=300, cache="auto",
          daemon_args=(), on_console=None, extra_files=None, mem_mb=512) -> BootResult:
     """Serve share with the daemon, boot a guest that runs script, return what
-    happened. on_console(text, daemon_pid) sees the console as it comes;
+    happened. on_console(text, daemon_pid, daemon_log_path) sees the console as it comes;
     extra_files {guest path: host path} go into the initramfs."""
     if shutil.which("qemu-system-x86_64") is None:
         raise RuntimeError("qemu-system-x86_64 is missing: install qemu-system-x86 (make deps)")
@@ -262,7 +262,7 @@ def boot(share, script, *, daemon=None, num_request_queues=1, timeout=300, cache
                 text = chunk.decode(errors="replace")
                 console.append(text)
                 if on_console:
-                    on_console(text, d.pid)
+                    on_console(text, d.pid, dlog.name)
             if q.poll() is not None:
                 rest = q.stdout.read()
                 if rest:
