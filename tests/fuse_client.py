@@ -2,6 +2,7 @@
 does and decodes replies. The transport is any callable
 ``send(request: bytes, reply_room: int) -> bytes`` (the reply, b"" if none),
 so the same client drives the server directly or through vhost-user."""
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -120,7 +121,11 @@ class FuseClient:
         return Attr(*abi.ATTR_OUT.unpack(payload)[3:])
 
     def lookup(self, parent, name: bytes):
-        return self._entry(self.call(abi.LOOKUP, parent, name + b"\0"))
+        """A negative entry (node id 0) means ENOENT, as to the kernel."""
+        e = self._entry(self.call(abi.LOOKUP, parent, name + b"\0"))
+        if e.nodeid == 0:
+            raise FuseError(errno.ENOENT, "negative entry")
+        return e
 
     def forget(self, nodeid, n):
         self.request(abi.FORGET, nodeid, abi.FORGET_IN.pack(n))

@@ -417,3 +417,17 @@ def test_access_syncfs_fsyncdir_ioctl_poll(fc, share):
     events = select.POLLIN | select.POLLOUT | select.POLLPRI
     revents = abi.POLL_OUT.unpack(fc.call(abi.POLL, e.nodeid, abi.POLL_IN.pack(fh, 0, 0, events)))[0]
     assert revents == select.POLLIN | select.POLLOUT
+
+
+def test_negative_entries_follow_the_cache_mode(share):
+    """cache=auto/always answer a missing name with a cacheable negative
+    entry (node id 0); cache=never with ENOENT."""
+    for cache, valid in (("auto", 1), ("always", 86400)):
+        c = FuseClient(direct_transport(FuseServer(Vfs(HostBackend(str(share)), cache=cache))))
+        c.init()
+        err, out = c.request(abi.LOOKUP, ROOT, b"missing\0")
+        nodeid, _, entry_valid, _, _, _ = abi.ENTRY_OUT.unpack(out)[:6]
+        assert (err, nodeid, entry_valid) == (0, 0, valid)
+    c = FuseClient(direct_transport(FuseServer(Vfs(HostBackend(str(share)), cache="never"))))
+    c.init()
+    assert c.request(abi.LOOKUP, ROOT, b"missing\0")[0] == errno.ENOENT

@@ -285,7 +285,14 @@ class FuseServer:
     # -- inodes -------------------------------------------------------------------------
     def op_lookup(self, nodeid, ctx, r, w):
         name = _cstr(r.read_all())
-        self._write_entry(w, *self.vfs.lookup(ctx, nodeid, name))
+        try:
+            self._write_entry(w, *self.vfs.lookup(ctx, nodeid, name))
+        except FileNotFoundError:
+            if self._entry_valid == (0, 0):
+                raise
+            # a negative entry: the guest may cache "no such name" for the entry timeout
+            ev, evn = self._entry_valid
+            w.write(abi.ENTRY_OUT.pack(0, 0, ev, 0, evn, 0, *(0,) * 16))
 
     def op_getattr(self, nodeid, ctx, r, w):
         fh = None
