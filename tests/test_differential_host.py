@@ -59,6 +59,7 @@ class Runner:
     def __init__(self, root):
         self.root = root
         self.fds = {}
+        self.locked = set()     # slots that took flock or OFD locks
 
     def p(self, path):
         return os.path.join(self.root, path)
@@ -94,6 +95,12 @@ class Runner:
 
     def op_close(self, slot):
         os.close(self.fds.pop(slot) if slot in self.fds else -1)
+        if slot in self.locked:
+            # A /dev/fuse mount sends RELEASE (which drops flock and OFD locks)
+            # after close() returns; virtio-fs sends it synchronously. Give it
+            # a moment, on both sides alike (docs/compat.md).
+            self.locked.discard(slot)
+            time.sleep(0.05)
 
     def op_read(self, slot, n):
         return os.read(self.fd(slot), n)
@@ -209,6 +216,7 @@ class Runner:
 
     def op_lock(self, slot, type_, start, length):
         """A non-blocking open-file-description lock; the two slots are two owners."""
+        self.locked.add(slot)
         fcntl.fcntl(self.fd(slot), fcntl.F_OFD_SETLK, FLOCK.pack(type_, os.SEEK_SET, start, length, 0))
 
     def op_getlk(self, slot, type_, start, length):
@@ -217,6 +225,7 @@ class Runner:
         return (t, s, l)
 
     def op_flock(self, slot, how):
+        self.locked.add(slot)
         fcntl.flock(self.fd(slot), how | fcntl.LOCK_NB)
 
     def op_listdir_fd(self, slot):
