@@ -246,6 +246,13 @@ class MemoryBackend(Backend):
         """A new inode named name in parent, owned by the caller."""
         if self._child(parent, name) is not None:
             raise OSError(errno.EEXIST, "exists")
+        node = self._make(ctx, parent, mode, rdev)
+        self._insert(parent, name, node)
+        parent.touch(node.ctime)
+        return node
+
+    def _make(self, ctx, parent, mode, rdev=0):
+        """A new inode for parent, owned by the caller (not linked yet)."""
         gid = ctx.gid
         mode = (mode & ~0o7777) | (mode & 0o7777 & ~ctx.umask)
         if parent.mode & stat.S_ISGID:
@@ -255,10 +262,7 @@ class MemoryBackend(Backend):
         sgid_exec = stat.S_ISGID | stat.S_IXGRP
         if mode & sgid_exec == sgid_exec and not stat.S_ISDIR(mode) and ctx.uid != 0 and gid != ctx.gid:
             mode &= ~stat.S_ISGID       # as the kernel strips it for non-members
-        node = self._new(mode, ctx.uid, gid, rdev)
-        self._insert(parent, name, node)
-        parent.touch(node.ctime)
-        return node
+        return self._new(mode, ctx.uid, gid, rdev)
 
     def _sticky_check(self, ctx, parent, node):
         if (parent.mode & stat.S_ISVTX and ctx.uid != 0
@@ -492,8 +496,12 @@ class MemoryBackend(Backend):
 
     def tmpfile(self, ctx, parent, mode, flags):
         with self._lock:
-            node = self._create(ctx, parent, b"\0tmp", stat.S_IFREG | (mode & 0o7777))
-            self._remove(parent, b"\0tmp")
+            if not parent.is_dir():
+                raise OSError(errno.ENOTDIR, "not a directory")
+            # no entry is added, so the directory's times stay as they are
+            node = self._make(ctx, parent, stat.S_IFREG | (mode & 0o7777))
+            node.nlink = 0
+            self._inodes -= 1            # counted again once linked
             node.tmpfile = True
             return node, node.attr(), OpenFile(node, flags)
 
