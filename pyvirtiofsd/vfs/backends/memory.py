@@ -1,19 +1,29 @@
 """A tmpfs-like tree in RAM, with Linux semantics implemented here.
 
-The host kernel's tmpfs is the oracle for its behaviour (tests compare the
-two). Path permission checks (search/write on directories, read/write on
-open) are the kernel's job under default_permissions, which both virtio-fs
-guests and our /dev/fuse mounts use; what a filesystem itself decides is
-done here: ownership and mode changes, times, sticky directories, killing
-setuid/setgid, link counts, limits.
+The host kernel's tmpfs is the oracle (tests/test_memory_backend.py and
+tests/test_differential_memory.py compare the two). Path permission checks
+(search/write on directories, read/write on open) are the kernel's job under
+default_permissions, which virtio-fs guests and our /dev/fuse mounts use;
+what a filesystem itself decides is done here: ownership and mode changes,
+times, sticky directories, killing setuid/setgid, link counts, rename rules,
+xattr namespaces, limits.
 
-File data lives in 4 KiB pages kept in a dict, so files are sparse at the
-same granularity as tmpfs (SEEK_DATA/SEEK_HOLE and st_blocks agree).
+Space is accounted as tmpfs does it, so statfs agrees with a tmpfs of the
+same size and nr_inodes:
+  - data in 4 KiB pages kept in a dict (files are sparse at page
+    granularity: SEEK_DATA/SEEK_HOLE and st_blocks agree), plus one page for
+    a symlink target of 128 bytes or more;
+  - "inode space" of 1 KiB per inode and per extra hard link (a dentry), and
+    40 + len(name) + len(value) bytes per xattr;
+  - an inode that lost its last name lives on, data included, until its
+    last open file or directory is released.
+Reads do not update atime (as with noatime; docs/compat.md).
 """
 import errno
 import itertools
 import os
 import stat
+import struct
 import threading
 import time
 
@@ -21,22 +31,34 @@ from ..backend import (NOW, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, 
                        Capabilities, Consistency, DirEntry, StatFs)
 
 PAGE = 4096
-MAX_FILE_SIZE = (1 << 63) - 1
-XATTR_PREFIXES = (b"user.", b"trusted.", b"security.", b"system.posix_acl_access",
-                  b"system.posix_acl_default")
+MAX_FILE_SIZE = (1 << 63) - 1            # tmpfs s_maxbytes (MAX_LFS_FILESIZE)
+INODE_SPACE = 1024                       # tmpfs BOGO_INODE_SIZE
+XATTR_OVERHEAD = 40                      # tmpfs simple_xattr_space()
+SHORT_SYMLINK = 128                      # longer targets take a page in tmpfs
+UNLIMITED_BLOCKS = (1 << 40) // PAGE
+UNLIMITED_INODES = 1 << 32
+XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
+ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
+ACL_VERSION = 2
+ACL_ENTRY = struct.Struct("<HHI")
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
+SGID_EXEC = stat.S_ISGID | stat.S_IXGRP
 
 
 def _now():
     return time.time_ns()
 
 
+def _err(code, msg):
+    return OSError(code, msg)
+
+
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "rdev", "atime", "mtime", "ctime",
                  "xattrs", "pages", "unwritten", "size", "target", "entries", "seq", "parent",
-                 "tmpfile")
+                 "tmpfile", "opens", "freed")
 
     def __init__(self, ino, mode, uid, gid, rdev=0):
         t = _now()
@@ -52,6 +74,8 @@ class Inode:
         self.seq = 3              # next readdir cookie (1 and 2 are '.' and '..')
         self.parent = None        # directories only
         self.tmpfile = False      # O_TMPFILE: may be linked while it has no name
+        self.opens = 0            # open files and directories
+        self.freed = False        # no name, not open: data and space given back
 
     @property
     def key(self):
@@ -60,26 +84,61 @@ class Inode:
     def is_dir(self):
         return stat.S_ISDIR(self.mode)
 
+    def is_reg(self):
+        return stat.S_ISREG(self.mode)
+
+    def long_target(self):
+        return stat.S_ISLNK(self.mode) and len(self.target) >= SHORT_SYMLINK and not self.freed
+
     def attr(self):
-        blocks = len(self.pages) * (PAGE // 512)
+        blocks = (len(self.pages) + self.long_target()) * (PAGE // 512)
         # tmpfs counts 20 bogus bytes per directory entry, '.' and '..' included
         size = 40 + 20 * len(self.entries) if self.entries is not None else self.size
         return Attr(self.ino, size, blocks, self.atime, self.mtime, self.ctime, self.mode,
                     self.nlink, self.uid, self.gid, self.rdev, PAGE)
 
-    def touch(self, t=None, m=True, c=True):
-        t = t or _now()
-        if m:
-            self.mtime = t
-        if c:
-            self.ctime = t
+    def touch(self, t=None):
+        """mtime and ctime to now (or t)."""
+        self.mtime = self.ctime = t or _now()
+
+    def xattr_space(self):
+        return sum(_xattr_space(n, v) for n, v in self.xattrs.items())
+
+
+def _xattr_space(name, value):
+    return XATTR_OVERHEAD + len(name) + len(value)
 
 
 class OpenFile:
-    __slots__ = ("inode", "flags")
+    __slots__ = ("inode", "flags", "released")
 
     def __init__(self, inode, flags):
-        self.inode, self.flags = inode, flags
+        self.inode, self.flags, self.released = inode, flags, False
+
+
+def _allowed(ctx, h, mask):
+    """generic_permission(): root bypasses r/w, and x where some x bit is set."""
+    mask &= os.R_OK | os.W_OK | os.X_OK
+    if ctx.uid == 0:
+        return not mask & os.X_OK or h.is_dir() or bool(h.mode & 0o111)
+    bits = h.mode >> 6 if ctx.uid == h.uid else h.mode >> 3 if ctx.gid == h.gid else h.mode
+    return not mask & ~bits & 0o7
+
+
+def _kill_suidgid(h, t=None):
+    """What Linux does on write/truncate by the unprivileged and on chown:
+    setuid goes, setgid too when group-executable (else it marks mandatory
+    locking and stays)."""
+    kill = stat.S_ISUID | (stat.S_ISGID if h.mode & stat.S_IXGRP else 0)
+    if not h.is_dir() and h.mode & kill:
+        h.mode &= ~kill
+        h.ctime = t or _now()
+
+
+def _check_acl(value):
+    """A POSIX ACL xattr: a version 2 header and whole 8-byte entries."""
+    if len(value) < 4 or (len(value) - 4) % ACL_ENTRY.size or struct.unpack_from("<I", value)[0] != ACL_VERSION:
+        raise _err(errno.EINVAL, "malformed POSIX ACL")
 
 
 class MemoryBackend(Backend):
@@ -93,132 +152,55 @@ class MemoryBackend(Backend):
         self.capabilities = Capabilities(mknod=allow_devices)
         self._lock = threading.RLock()
         self._inos = itertools.count(1)
-        self._inodes = 0
-        self._pages = 0
+        self._ispace = 0          # inode space in use (bytes, see the module doc)
+        self._pages = 0           # pages in use
         self._root = self._new(stat.S_IFDIR | 0o755, 0, 0)
         self._root.parent = self._root
         if prefill is not None:
-            self._prefill(prefill)
+            from .prefill import prefill as fill
+            fill(self, prefill)
 
-    def _prefill(self, src):
-        if os.path.isfile(src):
-            self._prefill_tar(src)
-        else:
-            self._prefill_dir(src)
+    # -- space -----------------------------------------------------------------------------------
+    def _reserve_ispace(self, n):
+        if self.max_inodes is not None and self._ispace + n > self.max_inodes * INODE_SPACE:
+            raise _err(errno.ENOSPC, "no inodes left")
+        self._ispace += n
 
-    def _prefill_tar(self, path):
-        """Unpack a tarball in: data, modes, owners, mtimes, symlinks, hard
-        links, pax xattrs (device nodes only if allowed)."""
-        import tarfile
-        with self._lock, tarfile.open(path) as tar:
-            for m in tar:
-                parts = [os.fsencode(p) for p in m.name.strip("/").split("/") if p not in ("", ".")]
-                if not parts or b".." in parts:
-                    continue
-                parent = self._root
-                for p in parts[:-1]:
-                    child = self._child(parent, p)
-                    if child is None:
-                        child = self._new(stat.S_IFDIR | 0o755, 0, 0)
-                        self._insert(parent, p, child)
-                    parent = child
-                name, old = parts[-1], self._child(parent, parts[-1])
-                if old is not None and not (m.isdir() and old.is_dir()):
-                    self._remove(parent, name)
-                    old = None
-                if m.islnk():
-                    target = self._tar_lookup(m.linkname)
-                    if target is not None and not target.is_dir():
-                        target.nlink += 1
-                        self._insert(parent, name, target)
-                    continue
-                if m.isdev() and not self.allow_devices and (m.devmajor or m.devminor):
-                    continue
-                ftype = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
-                         tarfile.FIFOTYPE: stat.S_IFIFO, tarfile.CHRTYPE: stat.S_IFCHR,
-                         tarfile.BLKTYPE: stat.S_IFBLK}.get(m.type, stat.S_IFREG)
-                node = old or self._new(ftype | (m.mode & 0o7777), m.uid, m.gid,
-                                        os.makedev(m.devmajor, m.devminor) if m.isdev() else 0)
-                node.mode, node.uid, node.gid = ftype | (m.mode & 0o7777), m.uid, m.gid
-                if old is None:
-                    self._insert(parent, name, node)
-                if m.issym():
-                    node.target = os.fsencode(m.linkname)
-                    node.size = len(node.target)
-                elif m.isfile():
-                    self.write(None, OpenFile(node, 0), 0, [memoryview(tar.extractfile(m).read())])
-                for key, value in m.pax_headers.items():
-                    if key.startswith("SCHILY.xattr."):
-                        node.xattrs[os.fsencode(key[len("SCHILY.xattr."):])] = os.fsencode(value)
-                node.atime = node.mtime = node.ctime = int(m.mtime * 1_000_000_000)
+    def _check_pages(self, n):
+        if self.max_bytes is not None and (self._pages + n) * PAGE > self.max_bytes:
+            raise _err(errno.ENOSPC, "no space left")
 
-    def _tar_lookup(self, path):
-        node = self._root
-        for p in path.strip("/").split("/"):
-            if p in ("", "."):
-                continue
-            node = self._child(node, os.fsencode(p)) if node.is_dir() else None
-            if node is None:
-                return None
-        return node
+    def _alloc_pages(self, n):
+        self._check_pages(n)
+        self._pages += n
 
-    def _prefill_dir(self, src):
-        """Copy a host directory tree in: data, modes, owners, times,
-        symlinks, hard links and xattrs (device nodes only if allowed)."""
-        seen = {}                                # (dev, ino) -> Inode, for hard links
+    def _evict(self, h):
+        """Give back what an inode holds once it has no name and is not open."""
+        if h.nlink or h.opens or h.freed:
+            return
+        self._pages -= len(h.pages) + h.long_target()
+        self._ispace -= INODE_SPACE + h.xattr_space()
+        h.pages, h.xattrs = {}, {}
+        h.unwritten.clear()
+        h.freed = True
 
-        def copy(dirpath, into):
-            for entry in os.scandir(dirpath):
-                st = entry.stat(follow_symlinks=False)
-                name = os.fsencode(entry.name)
-                known = seen.get((st.st_dev, st.st_ino))
-                if known is not None:
-                    known.nlink += 1
-                    self._insert(into, name, known)
-                    continue
-                node = self._new(st.st_mode, st.st_uid, st.st_gid, st.st_rdev)
-                seen[(st.st_dev, st.st_ino)] = node
-                self._insert(into, name, node)
-                if entry.is_symlink():
-                    node.target = os.fsencode(os.readlink(entry.path))
-                    node.size = len(node.target)
-                elif entry.is_dir(follow_symlinks=False):
-                    copy(entry.path, node)
-                elif stat.S_ISREG(st.st_mode):
-                    with open(entry.path, "rb") as f:
-                        data = f.read()
-                    self.write(None, OpenFile(node, 0), 0, [memoryview(data)])
-                elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                    if not self.allow_devices and st.st_rdev != 0:
-                        self._remove(into, name)
-                        continue
-                for xname in os.listxattr(entry.path, follow_symlinks=False):
-                    node.xattrs[os.fsencode(xname)] = os.getxattr(entry.path, xname, follow_symlinks=False)
-                node.atime, node.mtime, node.ctime = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
-        with self._lock:
-            copy(src, self._root)
-            st = os.stat(src)
-            self._root.mode, self._root.uid, self._root.gid = st.st_mode, st.st_uid, st.st_gid
-
-    # -- helpers ------------------------------------------------------------------------------
+    # -- tree helpers ----------------------------------------------------------------------------
     def _new(self, mode, uid, gid, rdev=0):
-        if self.max_inodes is not None and self._inodes >= self.max_inodes:
-            raise OSError(errno.ENOSPC, "no inodes left")
-        self._inodes += 1
+        self._reserve_ispace(INODE_SPACE)
         return Inode(next(self._inos), mode, uid, gid, rdev)
 
     def _child(self, parent, name):
         if not parent.is_dir():
-            raise OSError(errno.ENOTDIR, "not a directory")
+            raise _err(errno.ENOTDIR, "not a directory")
         if len(name) > self.name_max:
-            raise OSError(errno.ENAMETOOLONG, "name too long")
+            raise _err(errno.ENAMETOOLONG, "name too long")
         e = parent.entries.get(name)
         return e[1] if e else None
 
     def _existing(self, parent, name):
         node = self._child(parent, name)
         if node is None:
-            raise OSError(errno.ENOENT, "no such entry")
+            raise _err(errno.ENOENT, "no such entry")
         return node
 
     def _insert(self, parent, name, node):
@@ -235,41 +217,75 @@ class MemoryBackend(Backend):
             parent.nlink -= 1
         return node
 
-    def _remove(self, parent, name):
+    def _drop_link(self, node):
+        """One name of node is gone (unlink, rmdir, replaced by rename)."""
+        if node.is_dir():
+            node.nlink = 0
+        else:
+            if node.nlink > 1:
+                self._ispace -= INODE_SPACE      # tmpfs charges every extra name
+            node.nlink -= 1
+        self._evict(node)
+
+    def _unlink_entry(self, parent, name):
         node = self._detach(parent, name)
-        node.nlink = 0 if node.is_dir() else node.nlink - 1
-        if node.nlink == 0:
-            self._inodes -= 1
+        self._drop_link(node)
         return node
 
-    def _create(self, ctx, parent, name, mode, rdev=0):
-        """A new inode named name in parent, owned by the caller."""
-        if self._child(parent, name) is not None:
-            raise OSError(errno.EEXIST, "exists")
-        node = self._make(ctx, parent, mode, rdev)
+    def _add_link(self, parent, name, node):
+        if node.nlink:
+            self._reserve_ispace(INODE_SPACE)
+        node.nlink += 1
         self._insert(parent, name, node)
-        parent.touch(node.ctime)
-        return node
 
-    def _make(self, ctx, parent, mode, rdev=0):
-        """A new inode for parent, owned by the caller (not linked yet)."""
+    def _set_target(self, node, target):
+        if len(target) >= SHORT_SYMLINK:
+            self._alloc_pages(1)
+        node.target, node.size = bytes(target), len(target)
+
+    def _set_xattr(self, node, name, value):
+        old = node.xattrs.get(name)
+        self._reserve_ispace(_xattr_space(name, value) - (_xattr_space(name, old) if old is not None else 0))
+        node.xattrs[name] = bytes(value)
+
+    def _new_owned(self, ctx, parent, mode, rdev=0):
+        """An inode made by the caller in parent: ctx's owner, umask, and the
+        setgid directory rules."""
         gid = ctx.gid
-        mode = (mode & ~0o7777) | (mode & 0o7777 & ~ctx.umask)
+        mode = stat.S_IFMT(mode) | (mode & 0o7777 & ~ctx.umask)
         if parent.mode & stat.S_ISGID:
             gid = parent.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
-        sgid_exec = stat.S_ISGID | stat.S_IXGRP
-        if mode & sgid_exec == sgid_exec and not stat.S_ISDIR(mode) and ctx.uid != 0 and gid != ctx.gid:
+        if mode & SGID_EXEC == SGID_EXEC and not stat.S_ISDIR(mode) and ctx.uid != 0 and gid != ctx.gid:
             mode &= ~stat.S_ISGID       # as the kernel strips it for non-members
         return self._new(mode, ctx.uid, gid, rdev)
 
-    def _sticky_check(self, ctx, parent, node):
+    def _create(self, ctx, parent, name, mode, rdev=0):
+        """A new inode named name in parent, owned by the caller."""
+        if self._child(parent, name) is not None:
+            raise _err(errno.EEXIST, "exists")
+        node = self._new_owned(ctx, parent, mode, rdev)
+        self._insert(parent, name, node)
+        parent.touch(node.ctime)
+        return node
+
+    @staticmethod
+    def _sticky_check(ctx, parent, node):
         if (parent.mode & stat.S_ISVTX and ctx.uid != 0
                 and ctx.uid != parent.uid and ctx.uid != node.uid):
-            raise OSError(errno.EPERM, "sticky directory")
+            raise _err(errno.EPERM, "sticky directory")
 
-    # -- inodes ---------------------------------------------------------------------------------
+    def _is_ancestor(self, a, d):
+        """Is directory a an ancestor of (or the same as) d?"""
+        while True:
+            if d is a:
+                return True
+            if d is self._root or d.parent is None or d.parent is d:
+                return False
+            d = d.parent
+
+    # -- inodes ----------------------------------------------------------------------------------
     def root(self):
         return self._root
 
@@ -278,111 +294,134 @@ class MemoryBackend(Backend):
             node = self._existing(parent, name)
             return node, node.attr()
 
+    def forget(self, handle):
+        """Nothing to do: an inode lives while it has a name or is open, and
+        a handle the VFS still holds keeps answering getattr after that."""
+
     def getattr(self, ctx, h, file=None):
         with self._lock:
             return h.attr()
 
     def setattr(self, ctx, h, file, ch):
         with self._lock:
-            t = _now()
-            owner = ctx.uid == 0 or ctx.uid == h.uid
-            if ch.uid is not None or ch.gid is not None:
-                self._chown(ctx, h, ch.uid, ch.gid)
-            if ch.mode is not None:
-                if not owner:
-                    raise OSError(errno.EPERM, "not the owner")
-                mode = ch.mode & 0o7777
-                if ctx.uid != 0 and ctx.gid != h.gid:
-                    mode &= ~stat.S_ISGID
-                h.mode = stat.S_IFMT(h.mode) | mode
-            if ch.size is not None:
-                if h.is_dir():
-                    raise OSError(errno.EISDIR, "is a directory")
-                if not stat.S_ISREG(h.mode):
-                    raise OSError(errno.EINVAL, "not a regular file")
-                self._truncate(h, ch.size)
-                h.touch(t)
-            if ch.kill_suidgid:
-                _kill_suidgid(h)
-            for which in ("atime", "mtime"):
-                v = getattr(ch, which)
-                if v is None:
-                    continue
-                if v is NOW:
-                    v = t
-                elif not owner:
-                    raise OSError(errno.EPERM, "only the owner sets explicit times")
-                setattr(h, which, v)
-            h.ctime = t
-            return h.attr()
+            self._check_setattr(ctx, h, ch)
+            return self._apply_setattr(ctx, h, ch)
 
-    def _chown(self, ctx, h, uid, gid):
-        if uid is not None and uid != h.uid and ctx.uid != 0:
-            raise OSError(errno.EPERM, "only root changes owners")
-        if gid is not None and gid != h.gid and ctx.uid != 0 and (ctx.uid != h.uid or gid != ctx.gid):
-            raise OSError(errno.EPERM, "cannot give the file to that group")
-        if uid is not None:
-            h.uid = uid
-        if gid is not None:
+    def _check_setattr(self, ctx, h, ch):
+        """setattr_prepare(): every refusal before any change."""
+        owner = ctx.uid == 0 or ctx.uid == h.uid
+        if ch.size is not None:
+            if h.is_dir():
+                raise _err(errno.EISDIR, "is a directory")
+            if not h.is_reg():
+                raise _err(errno.EINVAL, "not a regular file")
+            if ch.size > MAX_FILE_SIZE:
+                raise _err(errno.EFBIG, "file too large")
+        if ch.uid is not None and ch.uid != h.uid and ctx.uid != 0:
+            raise _err(errno.EPERM, "only root changes owners")
+        if ch.gid is not None and ch.gid != h.gid and ctx.uid != 0 and (ctx.uid != h.uid or ch.gid != ctx.gid):
+            raise _err(errno.EPERM, "cannot give the file to that group")
+        if ch.mode is not None and not owner:
+            raise _err(errno.EPERM, "not the owner")
+        explicit = any(v is not None and v is not NOW for v in (ch.atime, ch.mtime))
+        if explicit and not owner:
+            raise _err(errno.EPERM, "only the owner sets explicit times")
+        # utimes(NULL): the owner, or anyone who may write (a truncate's own
+        # mtime update comes with the size and needs no more)
+        touch = NOW in (ch.atime, ch.mtime) and ch.size is None
+        if touch and not owner and not _allowed(ctx, h, os.W_OK):
+            raise _err(errno.EACCES, "no write permission")
+
+    def _apply_setattr(self, ctx, h, ch):
+        t = _now()
+        changed = False
+        if ch.size is not None:
+            if ch.size != h.size:
+                self._truncate(h, ch.size)
+                h.mtime = t
+                changed = True
+        if ch.uid is not None or ch.gid is not None:
+            gid = h.gid if ch.gid is None else ch.gid
+            if ch.uid is not None:
+                h.uid = ch.uid
             h.gid = gid
-        if not h.is_dir():
-            _kill_suidgid(h)
+            if not h.is_dir():
+                _kill_suidgid(h, t)
+            changed = True
+        if ch.mode is not None:
+            mode = ch.mode & 0o7777
+            if ctx.uid != 0 and ctx.gid != h.gid:
+                mode &= ~stat.S_ISGID        # not in the file's group
+            h.mode = stat.S_IFMT(h.mode) | mode
+            changed = True
+        if ch.kill_suidgid:
+            _kill_suidgid(h, t)
+        for which in ("atime", "mtime"):
+            v = getattr(ch, which)
+            if v is not None:
+                setattr(h, which, t if v is NOW else v)
+                changed = True
+        if ch.ctime is not None:
+            h.ctime = ch.ctime
+        elif changed:
+            h.ctime = t
+        return h.attr()
 
     def readlink(self, ctx, h):
         if not stat.S_ISLNK(h.mode):
-            raise OSError(errno.EINVAL, "not a symlink")
+            raise _err(errno.EINVAL, "not a symlink")
         return h.target
 
     def access(self, ctx, h, mask):
-        mask &= os.R_OK | os.W_OK | os.X_OK
-        if ctx.uid == 0:
-            if mask & os.X_OK and not (h.is_dir() or h.mode & 0o111):
-                raise OSError(errno.EACCES, "no execute bit")
-            return
-        bits = h.mode >> 6 if ctx.uid == h.uid else h.mode >> 3 if ctx.gid == h.gid else h.mode
-        if mask & ~bits & 0o7:
-            raise OSError(errno.EACCES, "permission denied")
+        if not _allowed(ctx, h, mask):
+            raise _err(errno.EACCES, "permission denied")
 
     # -- namespace -------------------------------------------------------------------------------
     def mknod(self, ctx, parent, name, mode, rdev):
         ftype = stat.S_IFMT(mode)
-        if ftype in (stat.S_IFCHR, stat.S_IFBLK):
-            if not self.allow_devices and not (ftype == stat.S_IFCHR and rdev == 0):
-                raise OSError(errno.EPERM, "device nodes are not allowed")
-        elif ftype not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
-            raise OSError(errno.EINVAL, "bad file type")
+        is_dev = ftype in (stat.S_IFCHR, stat.S_IFBLK)
+        if not is_dev and ftype not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+            raise _err(errno.EINVAL, "bad file type")
         with self._lock:
-            node = self._create(ctx, parent, name, mode, rdev if ftype in (stat.S_IFCHR, stat.S_IFBLK) else 0)
+            if self._child(parent, name) is not None:
+                raise _err(errno.EEXIST, "exists")
+            if is_dev and not self.allow_devices and not (ftype == stat.S_IFCHR and rdev == 0):
+                raise _err(errno.EPERM, "device nodes are not allowed")
+            node = self._create(ctx, parent, name, mode, rdev if is_dev else 0)
             return node, node.attr()
 
     def mkdir(self, ctx, parent, name, mode):
         with self._lock:
+            if self._child(parent, name) is not None:
+                raise _err(errno.EEXIST, "exists")
             if parent.nlink >= self.link_max:
-                raise OSError(errno.EMLINK, "too many links")
-            node = self._create(ctx, parent, name, stat.S_IFDIR | (mode & 0o7777))
+                raise _err(errno.EMLINK, "too many links")
+            # only rwx and sticky: setgid comes from the parent (vfs_mkdir())
+            node = self._create(ctx, parent, name, stat.S_IFDIR | (mode & 0o1777))
             return node, node.attr()
 
     def symlink(self, ctx, parent, name, target):
         with self._lock:
+            if self._child(parent, name) is not None:
+                raise _err(errno.EEXIST, "exists")
+            if len(target) >= SHORT_SYMLINK:
+                self._check_pages(1)
             node = self._create(ctx, parent, name, stat.S_IFLNK | 0o777)
-            node.target = bytes(target)
-            node.size = len(target)
+            self._set_target(node, target)
             return node, node.attr()
 
     def link(self, ctx, h, newparent, newname):
         with self._lock:
-            if h.is_dir():
-                raise OSError(errno.EPERM, "hard link to a directory")
             if self._child(newparent, newname) is not None:
-                raise OSError(errno.EEXIST, "exists")
-            if h.nlink == 0 and not h.tmpfile:
-                raise OSError(errno.ENOENT, "file was removed")
+                raise _err(errno.EEXIST, "exists")
+            if h.is_dir():
+                raise _err(errno.EPERM, "hard link to a directory")
+            if h.nlink == 0 and not (h.tmpfile and not h.freed):
+                raise _err(errno.ENOENT, "file was removed")
             if h.nlink >= self.link_max:
-                raise OSError(errno.EMLINK, "too many links")
-            if h.nlink == 0:
-                self._inodes += 1
-            h.nlink += 1
-            self._insert(newparent, newname, h)
+                raise _err(errno.EMLINK, "too many links")
+            self._add_link(newparent, newname, h)
+            h.tmpfile = False
             t = _now()
             h.ctime = t
             newparent.touch(t)
@@ -391,10 +430,10 @@ class MemoryBackend(Backend):
     def unlink(self, ctx, parent, name):
         with self._lock:
             node = self._existing(parent, name)
-            if node.is_dir():
-                raise OSError(errno.EISDIR, "is a directory")
             self._sticky_check(ctx, parent, node)
-            self._remove(parent, name)
+            if node.is_dir():
+                raise _err(errno.EISDIR, "is a directory")
+            self._unlink_entry(parent, name)
             t = _now()
             node.ctime = t
             parent.touch(t)
@@ -402,45 +441,27 @@ class MemoryBackend(Backend):
     def rmdir(self, ctx, parent, name):
         with self._lock:
             node = self._existing(parent, name)
-            if not node.is_dir():
-                raise OSError(errno.ENOTDIR, "not a directory")
-            if node.entries:
-                raise OSError(errno.ENOTEMPTY, "directory not empty")
             self._sticky_check(ctx, parent, node)
-            self._remove(parent, name)
-            parent.touch()
+            if not node.is_dir():
+                raise _err(errno.ENOTDIR, "not a directory")
+            if node.entries:
+                raise _err(errno.ENOTEMPTY, "directory not empty")
+            self._unlink_entry(parent, name)
+            t = _now()
+            node.ctime = t
+            parent.touch(t)
 
     def rename(self, ctx, parent, name, newparent, newname, flags=0):
         exchange, noreplace, whiteout = (flags & RENAME_EXCHANGE, flags & RENAME_NOREPLACE,
                                          flags & RENAME_WHITEOUT)
-        if exchange and (noreplace or whiteout):
-            raise OSError(errno.EINVAL, "incompatible rename flags")
+        if flags & ~(RENAME_EXCHANGE | RENAME_NOREPLACE | RENAME_WHITEOUT) or exchange and (noreplace or whiteout):
+            raise _err(errno.EINVAL, "bad rename flags")
         with self._lock:
             src = self._existing(parent, name)
             dst = self._child(newparent, newname)
+            self._check_rename(ctx, parent, src, newparent, dst, flags)
             if dst is src:
-                return
-            if exchange and dst is None:
-                raise OSError(errno.ENOENT, "nothing to exchange with")
-            if noreplace and dst is not None:
-                raise OSError(errno.EEXIST, "target exists")
-            if src.is_dir() and self._is_ancestor(src, newparent):
-                raise OSError(errno.EINVAL, "directory into its own subtree")
-            if exchange and dst.is_dir() and self._is_ancestor(dst, parent):
-                raise OSError(errno.EINVAL, "directory into its own subtree")
-            if dst is not None and not exchange:
-                if src.is_dir() and not dst.is_dir():
-                    raise OSError(errno.ENOTDIR, "not a directory")
-                if not src.is_dir() and dst.is_dir():
-                    raise OSError(errno.EISDIR, "is a directory")
-                if dst.is_dir() and dst.entries:
-                    raise OSError(errno.ENOTEMPTY, "directory not empty")
-            if src.is_dir() and parent is not newparent and (dst is None or not dst.is_dir()) \
-                    and newparent.nlink >= self.link_max:
-                raise OSError(errno.EMLINK, "too many links")
-            self._sticky_check(ctx, parent, src)
-            if dst is not None:
-                self._sticky_check(ctx, newparent, dst)
+                return                       # two names of one inode: nothing happens
             t = _now()
             if exchange:
                 self._detach(parent, name)
@@ -449,67 +470,98 @@ class MemoryBackend(Backend):
                 self._insert(parent, name, dst)
                 dst.ctime = t
             else:
+                wh = self._new(stat.S_IFCHR, ctx.uid, ctx.gid, 0) if whiteout else None
                 if dst is not None:
-                    self._remove(newparent, newname)
+                    self._unlink_entry(newparent, newname)
                     dst.ctime = t
                 self._detach(parent, name)
                 self._insert(newparent, newname, src)
-                if whiteout:
-                    wh = self._new(stat.S_IFCHR, ctx.uid, ctx.gid, 0)
+                if wh is not None:
                     self._insert(parent, name, wh)
             src.ctime = t
             parent.touch(t)
             newparent.touch(t)
 
-    def _is_ancestor(self, a, d):
-        """Is directory a an ancestor of (or the same as) d?"""
-        while True:
-            if d is a:
-                return True
-            if d is self._root or d.parent is None:
-                return False
-            d = d.parent
+    def _check_rename(self, ctx, parent, src, newparent, dst, flags):
+        """The refusals of renameat2(), in the kernel's order."""
+        exchange = flags & RENAME_EXCHANGE
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise _err(errno.EEXIST, "target exists")
+        if exchange and dst is None:
+            raise _err(errno.ENOENT, "nothing to exchange with")
+        if parent is not newparent:
+            # lock_rename()'s trap: one directory inside the other
+            if src.is_dir() and self._is_ancestor(src, newparent):
+                raise _err(errno.EINVAL, "directory into its own subtree")
+            if dst is not None and dst.is_dir() and self._is_ancestor(dst, parent):
+                raise _err(errno.EINVAL if exchange else errno.ENOTEMPTY, "target is an ancestor")
+        if dst is src:
+            return
+        self._sticky_check(ctx, parent, src)
+        if dst is not None:
+            self._sticky_check(ctx, newparent, dst)
+            if not exchange and src.is_dir() and not dst.is_dir():
+                raise _err(errno.ENOTDIR, "not a directory")
+            if not exchange and not src.is_dir() and dst.is_dir():
+                raise _err(errno.EISDIR, "is a directory")
+        if parent is not newparent:
+            dst_dir = dst is not None and dst.is_dir()
+            if src.is_dir() and not dst_dir and newparent.nlink >= self.link_max \
+                    or exchange and dst_dir and not src.is_dir() and parent.nlink >= self.link_max:
+                raise _err(errno.EMLINK, "too many links")
+        if not exchange and dst is not None and dst.is_dir() and dst.entries:
+            raise _err(errno.ENOTEMPTY, "directory not empty")
 
     # -- files -----------------------------------------------------------------------------------
+    def _opened(self, h, flags):
+        h.opens += 1
+        return OpenFile(h, flags)
+
     def open(self, ctx, h, flags):
         with self._lock:
             if stat.S_ISLNK(h.mode):
-                raise OSError(errno.ELOOP, "is a symlink")
-            if h.is_dir() and flags & os.O_ACCMODE != os.O_RDONLY:
-                raise OSError(errno.EISDIR, "is a directory")
-            # Linux truncates even for O_RDONLY|O_TRUNC (the kernel checked write access)
-            if flags & os.O_TRUNC and stat.S_ISREG(h.mode):
-                if h.size:
-                    self._truncate(h, 0)
-                    h.touch()
-            return OpenFile(h, flags)
+                raise _err(errno.ELOOP, "is a symlink")
+            if h.is_dir() and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+                raise _err(errno.EISDIR, "is a directory")
+            # Linux truncates even for O_RDONLY|O_TRUNC (the kernel checked write
+            # access), and stamps mtime/ctime even when the file was empty
+            if flags & os.O_TRUNC and h.is_reg():
+                self._truncate(h, 0)
+                h.touch()
+            return self._opened(h, flags)
 
     def create(self, ctx, parent, name, mode, flags):
         with self._lock:
             node = self._child(parent, name)
             if node is not None:
                 if flags & os.O_EXCL:
-                    raise OSError(errno.EEXIST, "exists")
+                    raise _err(errno.EEXIST, "exists")
                 return node, node.attr(), self.open(ctx, node, flags)
             node = self._create(ctx, parent, name, stat.S_IFREG | (mode & 0o7777))
-            return node, node.attr(), OpenFile(node, flags)
+            return node, node.attr(), self._opened(node, flags)
 
     def tmpfile(self, ctx, parent, mode, flags):
         with self._lock:
             if not parent.is_dir():
-                raise OSError(errno.ENOTDIR, "not a directory")
-            # no entry is added, so the directory's times stay as they are
-            node = self._make(ctx, parent, stat.S_IFREG | (mode & 0o7777))
-            node.nlink = 0
-            self._inodes -= 1            # counted again once linked
-            node.tmpfile = True
-            return node, node.attr(), OpenFile(node, flags)
+                raise _err(errno.ENOTDIR, "not a directory")
+            node = self._new_owned(ctx, parent, stat.S_IFREG | (mode & 0o7777))
+            node.nlink, node.tmpfile = 0, True
+            return node, node.attr(), self._opened(node, flags)
+
+    def release(self, ctx, f):
+        with self._lock:
+            if not f.released:
+                f.released = True
+                f.inode.opens -= 1
+                self._evict(f.inode)
 
     def read(self, ctx, f, offset, views):
         with self._lock:
             h = f.inode
             if h.is_dir():
-                raise OSError(errno.EISDIR, "is a directory")
+                raise _err(errno.EISDIR, "is a directory")
+            if offset < 0:
+                raise _err(errno.EINVAL, "negative offset")
             pos = offset
             for v in views:
                 if pos >= h.size:
@@ -519,7 +571,8 @@ class MemoryBackend(Backend):
                 pos += n
             return pos - offset
 
-    def _copy_out(self, h, pos, view):
+    @staticmethod
+    def _copy_out(h, pos, view):
         done = 0
         while done < len(view):
             idx, off = divmod(pos + done, PAGE)
@@ -534,13 +587,32 @@ class MemoryBackend(Backend):
     def write(self, ctx, f, offset, views, kill_suidgid=False):
         with self._lock:
             h = f.inode
+            if h.is_dir():
+                raise _err(errno.EISDIR, "is a directory")
             if f.flags & os.O_APPEND:
                 offset = h.size
-            total = sum(len(v) for v in views)
-            if offset + total > MAX_FILE_SIZE:
-                raise OSError(errno.EFBIG, "file too large")
-            pos = offset
+            n = self._write_at(h, offset, views)
+            if n:
+                t = _now()
+                h.touch(t)
+                if kill_suidgid:
+                    _kill_suidgid(h, t)
+            return n
+
+    def _write_at(self, h, offset, views):
+        """Copy views in at offset -> bytes written. Short when space runs out
+        (ENOSPC only if nothing fit) or at the maximum file size (EFBIG only
+        at it), as generic_write_checks() and tmpfs do."""
+        total = sum(len(v) for v in views)
+        if offset < 0:
+            raise _err(errno.EINVAL, "negative offset")
+        if total and offset >= MAX_FILE_SIZE:
+            raise _err(errno.EFBIG, "file too large")
+        total = min(total, MAX_FILE_SIZE - offset)
+        pos = offset
+        try:
             for v in views:
+                v = v[:offset + total - pos]
                 done = 0
                 while done < len(v):
                     idx, off = divmod(pos, PAGE)
@@ -549,20 +621,17 @@ class MemoryBackend(Backend):
                     h.unwritten.discard(idx)
                     done += n
                     pos += n
-            h.size = max(h.size, pos)
-            if total:
-                h.touch()
-            if kill_suidgid:
-                _kill_suidgid(h)
-            return total
+        except OSError:
+            if pos == offset:
+                raise
+        h.size = max(h.size, pos)
+        return pos - offset
 
     def _page(self, h, idx):
         page = h.pages.get(idx)
         if page is None:
-            if self.max_bytes is not None and (self._pages + 1) * PAGE > self.max_bytes:
-                raise OSError(errno.ENOSPC, "no space left")
+            self._alloc_pages(1)
             page = h.pages[idx] = bytearray(PAGE)
-            self._pages += 1
         return page
 
     def _drop_pages(self, h, first, last):
@@ -574,8 +643,9 @@ class MemoryBackend(Backend):
 
     def _zero(self, h, start, end):
         """Zero bytes [start, end): whole pages are freed, partial ones cleared."""
-        first_full, last_full = -(-start // PAGE), end // PAGE
-        self._drop_pages(h, first_full, last_full)
+        if start >= end:
+            return
+        self._drop_pages(h, -(-start // PAGE), end // PAGE)
         for idx in {start // PAGE, (end - 1) // PAGE}:
             page = h.pages.get(idx)
             if page is not None:
@@ -584,75 +654,83 @@ class MemoryBackend(Backend):
                     page[lo - idx * PAGE:hi - idx * PAGE] = bytes(hi - lo)
 
     def _truncate(self, h, size):
-        if size > MAX_FILE_SIZE:
-            raise OSError(errno.EFBIG, "file too large")
         if size < h.size:
             self._zero(h, size, h.size)
-            self._drop_pages(h, -(-size // PAGE), 1 << 62)
+        # pages past EOF (fallocate KEEP_SIZE) go too
+        self._drop_pages(h, -(-size // PAGE), 1 << 62)
         h.size = size
 
     def fsync(self, ctx, f, datasync):
         pass
 
-    def release(self, ctx, f):
-        pass
-
     def fallocate(self, ctx, f, mode, offset, length):
         if offset < 0 or length <= 0:
-            raise OSError(errno.EINVAL, "bad range")
+            raise _err(errno.EINVAL, "bad range")
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) \
+                or mode & FALLOC_FL_PUNCH_HOLE and mode & FALLOC_FL_ZERO_RANGE \
+                or mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
+            raise _err(errno.EOPNOTSUPP, "unsupported fallocate mode")
+        if offset + length > MAX_FILE_SIZE:
+            raise _err(errno.EFBIG, "file too large")
         with self._lock:
             h = f.inode
+            if h.is_dir():
+                raise _err(errno.EISDIR, "is a directory")
             end = offset + length
             if mode & FALLOC_FL_PUNCH_HOLE:
-                if not mode & FALLOC_FL_KEEP_SIZE or mode & ~(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE):
-                    raise OSError(errno.EOPNOTSUPP, "punch hole needs KEEP_SIZE")
                 self._zero(h, offset, min(end, h.size))
-            elif mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE):
-                raise OSError(errno.EOPNOTSUPP, "unsupported fallocate mode")
             else:
-                if end > MAX_FILE_SIZE:
-                    raise OSError(errno.EFBIG, "file too large")
-                if mode & FALLOC_FL_ZERO_RANGE:
-                    self._zero(h, offset, min(end, h.size))
-                for idx in range(offset // PAGE, -(-end // PAGE)):
-                    if idx not in h.pages:
-                        self._page(h, idx)
-                        h.unwritten.add(idx)
-                if not mode & FALLOC_FL_KEEP_SIZE:
-                    h.size = max(h.size, end)
+                self._allocate(h, offset, end, mode)
             h.touch()
+
+    def _allocate(self, h, offset, end, mode):
+        first, last = offset // PAGE, -(-end // PAGE)
+        # tmpfs asks for room for the whole range, allocated pages included
+        self._check_pages(last - first)
+        if mode & FALLOC_FL_ZERO_RANGE:
+            self._zero(h, offset, min(end, h.size))
+        for idx in range(first, last):
+            if idx not in h.pages:
+                self._page(h, idx)
+                h.unwritten.add(idx)
+        if not mode & FALLOC_FL_KEEP_SIZE:
+            h.size = max(h.size, end)
 
     def lseek(self, ctx, f, offset, whence):
         with self._lock:
             h = f.inode
             if whence in (os.SEEK_DATA, os.SEEK_HOLE):
-                if offset < 0 or offset >= h.size:
-                    raise OSError(errno.ENXIO, "beyond end of file")
-                first, last = offset // PAGE, (h.size - 1) // PAGE
-                data = sorted(i for i in h.pages if first <= i <= last and i not in h.unwritten)
-                if whence == os.SEEK_DATA:
-                    if not data:
-                        raise OSError(errno.ENXIO, "no more data")
-                    return max(offset, data[0] * PAGE)
-                idx = first                 # SEEK_HOLE: the end of the data run at first
-                for i in data:
-                    if i != idx:
-                        break
-                    idx += 1
-                return min(max(offset, idx * PAGE), h.size)
+                return self._seek_data_hole(h, offset, whence)
             if whence == os.SEEK_SET:
                 pos = offset
             elif whence == os.SEEK_END:
                 pos = h.size + offset
             else:
-                raise OSError(errno.EINVAL, "bad whence")
+                raise _err(errno.EINVAL, "bad whence")
             if pos < 0:
-                raise OSError(errno.EINVAL, "negative offset")
+                raise _err(errno.EINVAL, "negative offset")
             return pos
+
+    @staticmethod
+    def _seek_data_hole(h, offset, whence):
+        if offset < 0 or offset >= h.size:
+            raise _err(errno.ENXIO, "beyond end of file")
+        first, last = offset // PAGE, (h.size - 1) // PAGE
+        data = sorted(i for i in h.pages if first <= i <= last and i not in h.unwritten)
+        if whence == os.SEEK_DATA:
+            if not data:
+                raise _err(errno.ENXIO, "no more data")
+            return max(offset, data[0] * PAGE)
+        idx = first                 # SEEK_HOLE: the end of the data run at first
+        for i in data:
+            if i != idx:
+                break
+            idx += 1
+        return min(max(offset, idx * PAGE), h.size)
 
     def copy_file_range(self, ctx, fin, off_in, fout, off_out, length, flags):
         if flags:
-            raise OSError(errno.EINVAL, "flags must be 0")
+            raise _err(errno.EINVAL, "flags must be 0")
         with self._lock:
             n = max(0, min(length, fin.inode.size - off_in))
             buf = bytearray(n)
@@ -661,53 +739,69 @@ class MemoryBackend(Backend):
 
     # -- directories -----------------------------------------------------------------------------
     def opendir(self, ctx, h, flags):
-        if not h.is_dir():
-            raise OSError(errno.ENOTDIR, "not a directory")
-        return h
+        with self._lock:
+            if not h.is_dir():
+                raise _err(errno.ENOTDIR, "not a directory")
+            return self._opened(h, flags)
+
+    def releasedir(self, ctx, d):
+        self.release(ctx, d)
 
     def readdir(self, ctx, d, offset):
+        """Cookies are per-directory insertion numbers: an entry keeps its
+        cookie while it exists, removed ones vanish, new ones come later."""
+        h = d.inode if isinstance(d, OpenFile) else d
         with self._lock:
             out = []
             if offset < 1:
-                out.append(DirEntry(b".", d.ino, 4, 1))
+                out.append(DirEntry(b".", h.ino, 4, 1))
             if offset < 2:
-                out.append(DirEntry(b"..", d.parent.ino, 4, 2))
-            for name, (cookie, node) in d.entries.items():
+                out.append(DirEntry(b"..", h.parent.ino if h.parent else h.ino, 4, 2))
+            for name, (cookie, node) in h.entries.items():
                 if cookie > offset:
                     out.append(DirEntry(name, node.ino, stat.S_IFMT(node.mode) >> 12, cookie))
         return iter(out)
 
-    # -- xattrs ------------------------------------------------------------------------------------
-    def _xattr_ok(self, h, name):
-        if not name.startswith(XATTR_PREFIXES):
-            raise OSError(errno.EOPNOTSUPP, "unsupported xattr namespace")
-        if name.startswith(b"user.") and not (stat.S_ISREG(h.mode) or h.is_dir()):
-            raise OSError(errno.EPERM, "user xattrs only on files and directories")
+    # -- xattrs ----------------------------------------------------------------------------------
+    def _xattr_check(self, ctx, h, name, write):
+        """Namespace rules (fs/xattr.c and the commoncap LSM, which also apply
+        in a guest; kept here for callers without them)."""
+        if name.startswith(b"trusted."):
+            if ctx.uid != 0:
+                raise _err(errno.EPERM if write else errno.ENODATA, "trusted xattrs need root")
+        elif name.startswith(b"security."):
+            if write and ctx.uid != 0:
+                raise _err(errno.EPERM, "security xattrs need root")
+        elif name.startswith(b"user."):
+            if not (h.is_reg() or h.is_dir()):
+                raise _err(errno.EPERM if write else errno.ENODATA, "user xattrs only on files and directories")
+            if write and h.is_dir() and h.mode & stat.S_ISVTX and ctx.uid not in (0, h.uid):
+                raise _err(errno.EPERM, "sticky directory")
+        elif name not in ACL_XATTRS:
+            raise _err(errno.EOPNOTSUPP, "unsupported xattr namespace")
 
     def setxattr(self, ctx, h, name, value, flags):
+        if len(value) > self.xattr_size_max:
+            raise _err(errno.E2BIG, "value too large")
         with self._lock:
-            self._xattr_ok(h, name)
-            if len(value) > self.xattr_size_max:
-                raise OSError(errno.E2BIG, "value too large")
-            if flags & os.XATTR_CREATE and name in h.xattrs:
-                raise OSError(errno.EEXIST, "xattr exists")
-            if flags & os.XATTR_REPLACE and name not in h.xattrs:
-                raise OSError(errno.ENODATA, "no such xattr")
-            if name.startswith(b"trusted.") and ctx.uid != 0:
-                raise OSError(errno.EPERM, "trusted xattrs need root")
-            h.xattrs[name] = bytes(value)
+            self._xattr_check(ctx, h, name, True)
+            if name in ACL_XATTRS:
+                _check_acl(value)
+            old = h.xattrs.get(name)
+            if flags & os.XATTR_CREATE and old is not None:
+                raise _err(errno.EEXIST, "xattr exists")
+            if flags & os.XATTR_REPLACE and old is None:
+                raise _err(errno.ENODATA, "no such xattr")
+            self._set_xattr(h, name, value)
             h.ctime = _now()
 
     def getxattr(self, ctx, h, name):
         with self._lock:
-            if not name.startswith(XATTR_PREFIXES):
-                raise OSError(errno.EOPNOTSUPP, "unsupported xattr namespace")
-            if name.startswith(b"trusted.") and ctx.uid != 0:
-                raise OSError(errno.ENODATA, "no such xattr")
+            self._xattr_check(ctx, h, name, False)
             try:
                 return h.xattrs[name]
             except KeyError:
-                raise OSError(errno.ENODATA, "no such xattr") from None
+                raise _err(errno.ENODATA, "no such xattr") from None
 
     def listxattr(self, ctx, h):
         with self._lock:
@@ -715,22 +809,26 @@ class MemoryBackend(Backend):
 
     def removexattr(self, ctx, h, name):
         with self._lock:
-            self._xattr_ok(h, name)
-            if name not in h.xattrs:
-                raise OSError(errno.ENODATA, "no such xattr")
-            del h.xattrs[name]
+            self._xattr_check(ctx, h, name, True)
+            old = h.xattrs.pop(name, None)
+            if old is None:
+                raise _err(errno.ENODATA, "no such xattr")
+            self._ispace -= _xattr_space(name, old)
             h.ctime = _now()
 
-    # -- filesystem ---------------------------------------------------------------------------------
+    # -- filesystem ------------------------------------------------------------------------------
     def statfs(self, ctx, h):
-        blocks = (self.max_bytes // PAGE) if self.max_bytes else (1 << 40) // PAGE
-        files = self.max_inodes or (1 << 32)
-        free = max(0, blocks - self._pages)
-        return StatFs(blocks, free, free, files, max(0, files - self._inodes), PAGE, self.name_max, PAGE)
+        with self._lock:
+            blocks = self.max_bytes // PAGE if self.max_bytes else UNLIMITED_BLOCKS
+            files = self.max_inodes or UNLIMITED_INODES
+            bfree = max(0, blocks - self._pages)
+            ffree = max(0, (files * INODE_SPACE - self._ispace) // INODE_SPACE)
+            return StatFs(blocks, bfree, bfree, files, ffree, PAGE, self.name_max, PAGE)
 
-
-def _kill_suidgid(h):
-    kill = stat.S_ISUID | (stat.S_ISGID if h.mode & stat.S_IXGRP else 0)
-    if stat.S_ISREG(h.mode) and h.mode & kill:
-        h.mode &= ~kill
-        h.ctime = _now()
+    def destroy(self):
+        """Unmounted for good: drop the tree."""
+        with self._lock:
+            self._root.entries.clear()
+            self._root.nlink = 2
+            self._pages = 0
+            self._ispace = INODE_SPACE + self._root.xattr_space()
