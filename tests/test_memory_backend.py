@@ -104,7 +104,8 @@ class Tmpfs:
     def run(self, op, uid=0, gid=0):
         name, *args = op
         fn = lambda: getattr(self, "op_" + name)(*args)    # noqa: E731
-        res = run_fn(fn) if uid == 0 else in_child(uid, gid, fn)
+        # a child's close() would close its own copy of the descriptor
+        res = run_fn(fn) if uid == 0 or name == "close" else in_child(uid, gid, fn)
         if res[0] == "ok" and isinstance(res[1], NewFd):
             slot = args[-1]
             self.close_slot(slot)
@@ -476,10 +477,13 @@ class Kernel:
         self.c.call(abi.SETATTR, nodeid, body)
 
     # namespace
-    def new_entry(self, path):
+    def new_entry(self, path, check=None):
+        """filename_create(), then check() (may_linkat for link), then may_create()."""
         parent, pa, name = self.walk(path)
         need(name is not None, errno.EEXIST)
         need(self.find(parent, name) is None, errno.EEXIST)
+        if check:
+            check()
         self.may_create(pa)
         return parent, name
 
@@ -504,12 +508,13 @@ class Kernel:
 
     def op_link(self, src, dst):
         nodeid, a = self.node(src)
-        parent, name = self.new_entry(dst)
-        need(not stat.S_ISDIR(a.mode), errno.EPERM)
-        if self.uid != 0 and self.uid != a.uid:     # fs.protected_hardlinks
-            need(stat.S_ISREG(a.mode) and not a.mode & stat.S_ISUID
-                 and a.mode & (stat.S_ISGID | stat.S_IXGRP) != (stat.S_ISGID | stat.S_IXGRP)
-                 and allowed(a, self.uid, self.gid, 6), errno.EPERM)
+
+        def may_linkat():                           # fs.protected_hardlinks
+            if self.uid != 0 and self.uid != a.uid:
+                need(stat.S_ISREG(a.mode) and not a.mode & stat.S_ISUID
+                     and a.mode & (stat.S_ISGID | stat.S_IXGRP) != (stat.S_ISGID | stat.S_IXGRP)
+                     and allowed(a, self.uid, self.gid, 6), errno.EPERM)
+        parent, name = self.new_entry(dst, may_linkat)
         self.c.link(nodeid, parent, name)
 
     def op_unlink(self, path):

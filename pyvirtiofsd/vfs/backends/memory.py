@@ -317,9 +317,10 @@ class MemoryBackend(Backend):
                 raise _err(errno.EINVAL, "not a regular file")
             if ch.size > MAX_FILE_SIZE:
                 raise _err(errno.EFBIG, "file too large")
-        if ch.uid is not None and ch.uid != h.uid and ctx.uid != 0:
+        # chown_ok()/chgrp_ok(): a non-owner may not even "change" to the same ids
+        if ch.uid is not None and ctx.uid != 0 and (ctx.uid != h.uid or ch.uid != h.uid):
             raise _err(errno.EPERM, "only root changes owners")
-        if ch.gid is not None and ch.gid != h.gid and ctx.uid != 0 and (ctx.uid != h.uid or ch.gid != ctx.gid):
+        if ch.gid is not None and ctx.uid != 0 and (ctx.uid != h.uid or ch.gid not in (ctx.gid, h.gid)):
             raise _err(errno.EPERM, "cannot give the file to that group")
         if ch.mode is not None and not owner:
             raise _err(errno.EPERM, "not the owner")
@@ -336,8 +337,11 @@ class MemoryBackend(Backend):
         t = _now()
         changed = False
         if ch.size is not None:
-            if ch.size != h.size:
+            # not growing: pages past the new EOF go (fallocate KEEP_SIZE ones too)
+            resized = ch.size != h.size
+            if resized or self._pages_past(h, ch.size):      # same size: KEEP_SIZE pages go
                 self._truncate(h, ch.size)
+            if resized:
                 h.mtime = t
                 changed = True
         if ch.uid is not None or ch.gid is not None:
@@ -653,11 +657,16 @@ class MemoryBackend(Backend):
                 if lo < hi:
                     page[lo - idx * PAGE:hi - idx * PAGE] = bytes(hi - lo)
 
+    @staticmethod
+    def _pages_past(h, size):
+        first = -(-size // PAGE)
+        return any(i >= first for i in h.pages)
+
     def _truncate(self, h, size):
-        if size < h.size:
+        if size <= h.size:
             self._zero(h, size, h.size)
-        # pages past EOF (fallocate KEEP_SIZE) go too
-        self._drop_pages(h, -(-size // PAGE), 1 << 62)
+            # pages past EOF go, fallocate KEEP_SIZE ones too (growing keeps them)
+            self._drop_pages(h, -(-size // PAGE), 1 << 62)
         h.size = size
 
     def fsync(self, ctx, f, datasync):
