@@ -1158,3 +1158,63 @@ def test_generated_sequences(mnt, steps):
     finally:
         p.tmp.close_all()
         syscalls.umount2(mnt, syscalls.MNT_DETACH)
+
+
+# -- timestamps ------------------------------------------------------------------------------------
+OLD = 1_000_000_000_000_000_000          # an explicit time every object is reset to
+
+
+def times_changed(side, paths):
+    """For each path: which of (mtime, ctime) moved since reset()."""
+    out = {}
+    for p in paths:
+        if isinstance(side, Tmpfs):
+            s = os.lstat(side.p(p))
+        else:
+            s = StatLike(side.attr(side.node(p)[0]))
+        out[p] = (s.st_mtime_ns != OLD, s.st_ctime_ns > side.mark)
+    return out
+
+
+def reset_times(pair, paths):
+    for p in paths:
+        pair.ok("utime", p, (OLD, OLD))
+    time.sleep(0.02)                     # past the kernel's coarse clock tick
+    for side in (pair.tmp, pair.ours):
+        side.mark = max(times_ctime(side, p) for p in paths)
+    time.sleep(0.02)
+
+
+def times_ctime(side, p):
+    if isinstance(side, Tmpfs):
+        return os.lstat(side.p(p)).st_ctime_ns
+    return StatLike(side.attr(side.node(p)[0])).st_ctime_ns
+
+
+TIMED_OPS = [
+    ("pwrite", 0, b"x", 0), ("pwrite", 0, b"", 0), ("ftruncate", 0, 100), ("ftruncate", 0, 1),
+    ("truncate", "d/f", 1), ("fallocate", 0, 0, 0, 9000), ("fallocate", 0, KEEP, 0, 20000),
+    ("fallocate", 0, PUNCH | KEEP, 0, 4096), ("open", "d/f", os.O_WRONLY | os.O_TRUNC, 0, 1),
+    ("open", "d/new", os.O_CREAT | os.O_WRONLY, 0o644, 1), ("mkdir", "d/sub", 0o755),
+    ("unlink", "d/g"), ("rmdir", "d/e"), ("link", "d/f", "d/h"), ("symlink", "x", "d/s"),
+    ("rename", "d/g", "d/e2", 0), ("rename", "d/g", "r/g", 0), ("rename", "d/g", "d/f", 0),
+    ("rename", "d/e", "r", 0), ("rename", "d/g", "r", EXCHANGE), ("rename", "d/g", "d/w", WHITEOUT),
+    ("chmod", "d/f", 0o600), ("chown", "d/f", U1, -1), ("utime", "d/f", None),
+    ("setxattr", "d/f", "user.x", b"1", 0), ("pread", 0, 10, 0), ("listdir", "d"),
+    ("mknod", "d/p", stat.S_IFIFO | 0o644, 0),
+]
+
+
+@pytest.mark.parametrize("op", TIMED_OPS, ids=lambda op: "-".join(str(x) for x in op[:2]))
+def test_times_move_where_tmpfs_moves_them(pair, op):
+    pair.ok("mkdir", "d", 0o777)
+    pair.ok("mkdir", "d/e", 0o777)
+    pair.ok("mkdir", "r", 0o777)
+    pair.ok("open", "d/g", os.O_CREAT | os.O_WRONLY, 0o644, 0)
+    pair.ok("open", "d/f", os.O_CREAT | os.O_RDWR, 0o644, 0)
+    pair.ok("pwrite", 0, b"hello" * 1000, 0)
+    paths = ["d", "d/f", "d/g", "d/e", "r"]
+    reset_times(pair, paths)
+    pair.ok(*op)
+    paths = [p for p in paths if pair.tmp.kind(p) is not None]
+    assert times_changed(pair.ours, paths) == times_changed(pair.tmp, paths)
