@@ -134,7 +134,8 @@ class Tmpfs:
 
     def op_open(self, path, flags, mode, slot):
         k = self.kind(path)
-        if k is not None and k not in (stat.S_IFREG, stat.S_IFDIR):
+        excl = flags & os.O_CREAT and flags & os.O_EXCL
+        if k is not None and k not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK) and not excl:
             return "special"
         return NewFd(os.open(self.p(path), flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode))
 
@@ -229,6 +230,8 @@ class Tmpfs:
         return os.access(self.p(path), mask)
 
     def op_listdir(self, path):
+        if self.kind(path) == stat.S_IFLNK:
+            return "symlink"
         return sorted(os.listdir(self.p(path)))
 
     def op_statfs(self):
@@ -636,6 +639,8 @@ class Kernel:
 
     def op_listdir(self, path):
         nodeid, a = self.node(path)
+        if stat.S_ISLNK(a.mode):
+            return "symlink"
         need(stat.S_ISDIR(a.mode), errno.ENOTDIR)
         need(allowed(a, self.uid, self.gid, 4), errno.EACCES)
         return sorted(n.decode() for n in self.names(nodeid))

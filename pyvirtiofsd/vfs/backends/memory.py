@@ -125,11 +125,14 @@ def _allowed(ctx, h, mask):
     return not mask & ~bits & 0o7
 
 
-def _kill_suidgid(h, t=None):
-    """What Linux does on write/truncate by the unprivileged and on chown:
-    setuid goes, setgid too when group-executable (else it marks mandatory
-    locking and stays)."""
-    kill = stat.S_ISUID | (stat.S_ISGID if h.mode & stat.S_IXGRP else 0)
+def _kill_suidgid(h, ctx, t=None):
+    """What Linux does on write/truncate/fallocate by the unprivileged and
+    on chown (should_remove_suid(), setattr_should_drop_sgid()): setuid goes;
+    setgid too when group-executable, or when the caller is not in the
+    file's group (only ctx.gid is known: supplementary groups are not)."""
+    kill = stat.S_ISUID
+    if h.mode & stat.S_IXGRP or ctx is not None and ctx.uid != 0 and ctx.gid != h.gid:
+        kill |= stat.S_ISGID
     if not h.is_dir() and h.mode & kill:
         h.mode &= ~kill
         h.ctime = t or _now()
@@ -345,12 +348,12 @@ class MemoryBackend(Backend):
                 h.mtime = t
                 changed = True
         if ch.uid is not None or ch.gid is not None:
-            gid = h.gid if ch.gid is None else ch.gid
+            if not h.is_dir():
+                _kill_suidgid(h, ctx, t)    # judged on the group the file had
             if ch.uid is not None:
                 h.uid = ch.uid
-            h.gid = gid
-            if not h.is_dir():
-                _kill_suidgid(h, t)
+            if ch.gid is not None:
+                h.gid = ch.gid
             changed = True
         if ch.mode is not None:
             mode = ch.mode & 0o7777
@@ -359,7 +362,7 @@ class MemoryBackend(Backend):
             h.mode = stat.S_IFMT(h.mode) | mode
             changed = True
         if ch.kill_suidgid:
-            _kill_suidgid(h, t)
+            _kill_suidgid(h, ctx, t)
         for which in ("atime", "mtime"):
             v = getattr(ch, which)
             if v is not None:
@@ -600,7 +603,7 @@ class MemoryBackend(Backend):
                 t = _now()
                 h.touch(t)
                 if kill_suidgid:
-                    _kill_suidgid(h, t)
+                    _kill_suidgid(h, ctx, t)
             return n
 
     def _write_at(self, h, offset, views):
@@ -690,7 +693,10 @@ class MemoryBackend(Backend):
                 self._zero(h, offset, min(end, h.size))
             else:
                 self._allocate(h, offset, end, mode)
-            h.touch()
+            t = _now()
+            h.touch(t)
+            if ctx is not None and ctx.uid != 0:
+                _kill_suidgid(h, ctx, t)       # file_modified(), as tmpfs does
 
     def _allocate(self, h, offset, end, mode):
         first, last = offset // PAGE, -(-end // PAGE)
