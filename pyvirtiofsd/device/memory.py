@@ -97,7 +97,9 @@ class GuestMemory:
         return views[0]
 
     def user_view(self, uaddr: int, length: int) -> memoryview:
-        """A front-end virtual address range (ring addresses)."""
+        """A front-end virtual address range (ring addresses), in one region."""
+        if length < 0 or uaddr < 0:
+            raise BadAddress(f"bad range {uaddr:#x}+{length:#x}")
         i = bisect.bisect_right(self._ustarts, uaddr) - 1
         if i < 0:
             raise BadAddress(f"front-end address {uaddr:#x} is not in guest memory")

@@ -52,6 +52,11 @@ REQUESTS = {
 }
 # requests whose reply is their answer (REPLY_ACK adds nothing to them)
 HAS_REPLY = {1, 11, 15, 17, 24, 36, 40}
+# payload sizes of the fixed-size requests; any other size is a broken
+# front-end and ends the connection (SET_MEM_TABLE and CONFIG are checked
+# against their own counts)
+PAYLOAD_SIZE = {1: 0, 2: 8, 3: 0, 4: 0, 8: 8, 9: VRING_ADDR.size, 10: 8, 11: 8, 12: 8, 13: 8,
+                14: 8, 15: 0, 16: 8, 17: 0, 18: 8, 34: 0, 36: 0, 39: 8, 40: 0}
 
 
 class ProtocolError(Exception):
@@ -83,24 +88,42 @@ class VhostUserBackend:
                 self._dispatch(*msg)
         except ProtocolError as e:
             log.error("dropping the front-end: %s", e)
+        except ConnectionError as e:
+            log.info("front-end disconnected: %s", e)
         finally:
             for vq in self.queues:
                 self._stop(vq)
+                for fd in (vq.kick_fd, vq.set_call_fd(None)):
+                    if fd is not None:
+                        _close_quietly(fd)
+                vq.kick_fd = None
             self.mem.close()
 
     def _recv(self):
         try:
-            data, fds, _, _ = socket.recv_fds(self.conn, HEADER.size, 8)
+            data, fds, msg_flags, _ = socket.recv_fds(self.conn, HEADER.size, MAX_REGIONS)
         except ConnectionResetError:
             return None
         if not data:
             return None
-        if len(data) < HEADER.size:
-            data += self._recv_exact(HEADER.size - len(data))
-        request, flags, size = HEADER.unpack(data)
-        if size > MAX_PAYLOAD:
-            raise ProtocolError(f"{REQUESTS.get(request, request)}: payload of {size} bytes")
-        payload = self._recv_exact(size)
+        if msg_flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                _close_quietly(fd)
+            raise ProtocolError(f"more than {MAX_REGIONS} file descriptors in one message")
+        try:
+            if len(data) < HEADER.size:
+                data += self._recv_exact(HEADER.size - len(data))
+            request, flags, size = HEADER.unpack(data)
+            name = REQUESTS.get(request, request)
+            if flags & 0x3 != VERSION:
+                raise ProtocolError(f"{name}: protocol version {flags & 0x3}")
+            if size > MAX_PAYLOAD or size != PAYLOAD_SIZE.get(request, size):
+                raise ProtocolError(f"{name}: payload of {size} bytes")
+            payload = self._recv_exact(size)
+        except BaseException:
+            for fd in fds:
+                _close_quietly(fd)
+            raise
         return request, flags, payload, list(fds)
 
     def _recv_exact(self, n):
@@ -180,7 +203,11 @@ class VhostUserBackend:
             vq.__init__(vq.index)
 
     def do_get_config(self, p, fds):
+        if len(p) < CONFIG_HEADER.size:
+            raise ProtocolError(f"GET_CONFIG: payload of {len(p)} bytes")
         offset, size, flags = CONFIG_HEADER.unpack_from(p)
+        if len(p) != CONFIG_HEADER.size + size:
+            raise ProtocolError(f"GET_CONFIG: {size} config bytes in a payload of {len(p)}")
         cfg = self.device.config_space
         if offset + size > len(cfg):
             raise ValueError("config read out of range")
@@ -191,8 +218,12 @@ class VhostUserBackend:
 
     # -- memory -----------------------------------------------------------------------------
     def do_set_mem_table(self, p, fds):
+        if len(p) < MEM_HEADER.size:
+            raise ProtocolError(f"SET_MEM_TABLE: payload of {len(p)} bytes")
         nregions, _ = MEM_HEADER.unpack_from(p)
-        if not 0 < nregions <= MAX_REGIONS or len(p) < MEM_HEADER.size + nregions * MEM_REGION.size:
+        if len(p) != MEM_HEADER.size + nregions * MEM_REGION.size:
+            raise ProtocolError(f"SET_MEM_TABLE: {nregions} regions in a payload of {len(p)} bytes")
+        if not 0 < nregions <= MAX_REGIONS:
             raise ValueError(f"memory table of {nregions} regions in {len(p)} bytes")
         entries = [MEM_REGION.unpack_from(p, MEM_HEADER.size + i * MEM_REGION.size) for i in range(nregions)]
         mem = GuestMemory.from_table(entries, [os.dup(fd) for fd in fds])
@@ -203,7 +234,11 @@ class VhostUserBackend:
             old, self.mem = self.mem, mem
             for vq in self.queues:
                 if vq.addrs is not None and vq.size:
-                    vq.attach(mem)
+                    try:
+                        vq.attach(mem)
+                    except BadAddress as e:     # the ring is not in the new table
+                        log.error("queue %d: %s", vq.index, e)
+                        vq.detach()
         old.close()
         for vq in running:
             self._start(vq)
@@ -213,21 +248,33 @@ class VhostUserBackend:
         raise ValueError("dirty logging is not offered")
 
     # -- vrings -------------------------------------------------------------------------------
+    # QEMU sends NUM/ADDR/BASE only to a stopped ring; a running one is
+    # stopped first, so that its worker never sees a half-changed ring.
     def do_set_vring_num(self, p, fds):
         index, num = VRING_STATE.unpack(p)
         if num == 0 or num > MAX_QUEUE_SIZE or num & (num - 1):
             raise ValueError(f"queue size {num}")
-        self._queue(index).size = num
+        vq = self._queue(index)
+        self._stop(vq)
+        with self.device.memory_lock:
+            vq.detach()             # the ring views were sized for the old number
+            vq.size = num
 
     def do_set_vring_addr(self, p, fds):
         index, _flags, desc, used, avail, _log = VRING_ADDR.unpack(p)
         vq = self._queue(index)
-        vq.addrs = (desc, used, avail)
-        vq.attach(self.mem)
+        running = vq in self.started
+        self._stop(vq)
+        with self.device.memory_lock:
+            vq.addrs = (desc, used, avail)
+            vq.attach(self.mem)
+        if running:
+            self._start(vq)
 
     def do_set_vring_base(self, p, fds):
         index, num = VRING_STATE.unpack(p)
         vq = self._queue(index)
+        self._stop(vq)
         vq.last_avail = num & 0xFFFF
 
     def do_get_vring_base(self, p, fds):
@@ -237,6 +284,8 @@ class VhostUserBackend:
         if vq.kick_fd is not None:
             _close_quietly(vq.kick_fd)
             vq.kick_fd = None
+        with self.device.memory_lock:
+            vq.detach()             # a late (deferred) reply must not touch a stopped ring
         return VRING_STATE.pack(index, vq.last_avail)
 
     def _fd_arg(self, p, fds):
@@ -262,7 +311,7 @@ class VhostUserBackend:
 
     def do_set_vring_call(self, p, fds):
         vq, fd = self._fd_arg(p, fds)
-        old, vq.call_fd = vq.call_fd, fd
+        old = vq.set_call_fd(fd)
         if old is not None:
             _close_quietly(old)
 

@@ -62,6 +62,8 @@ class QueueWorker(threading.Thread):
         while True:
             try:
                 item = vq.pop()
+                if item is None and vq.rearm():     # published while we looked away (EVENT_IDX)
+                    continue
             except BadChain as e:
                 self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
                 self.broken = True
@@ -75,7 +77,11 @@ class QueueWorker(threading.Thread):
             if pool is not None:
                 pool.submit(self.serve_one, head, readable, writable)
                 continue
-            n = handle(Reader(readable), Writer(writable), partial(complete, head))
+            try:
+                n = handle(Reader(readable), Writer(writable), partial(complete, head))
+            except Exception:           # a server bug must not take the queue down
+                self.device.log.exception("queue %d: request failed", vq.index)
+                n = 0
             if n != DEFERRED:
                 vq.push(head, n)
         vq.notify()

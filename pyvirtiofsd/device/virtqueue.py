@@ -4,7 +4,10 @@ used ring in guest memory, with indirect descriptors and EVENT_IDX.
 The guest is untrusted: a chain that loops, runs off the table, nests
 indirect tables, puts a readable buffer after a writable one, or points
 outside guest memory is refused (logged, and returned as used with length 0)
-— never followed further.
+— never followed further. Two faults leave no chain to return: a head index
+outside the table and an avail index more than the queue size ahead. Then
+pop() raises BadChain and the device stops serving that queue until it is
+reset (the spec's "device needs reset" case); other queues go on.
 """
 import logging
 import os
@@ -40,8 +43,9 @@ class Virtqueue:
         self.enabled = False
         self.desc = self.avail = self.used = None
         self.mem = None
-        self._push_lock = threading.Lock()
+        self._push_lock = threading.Lock()   # used ring and call fd
         self._signalled_used = 0
+        self._fence = threading.Lock()
 
     def attach(self, mem):
         """Map the rings in guest memory (after SET_VRING_ADDR / SET_MEM_TABLE)."""
@@ -53,7 +57,7 @@ class Virtqueue:
         self.avail = mem.user_view(avail, 6 + 2 * n)
         self.used = mem.user_view(used, 6 + 8 * n)
         self.mem = mem
-        self.used_idx = U16.unpack_from(self.used, 2)[0]
+        self.used_idx = self._signalled_used = U16.unpack_from(self.used, 2)[0]
 
     def detach(self):
         self.desc = self.avail = self.used = self.mem = None
@@ -65,6 +69,19 @@ class Virtqueue:
         if n > self.size:
             raise BadChain(f"queue {self.index}: avail idx {avail_idx} is {n} ahead of {self.last_avail}")
         return n
+
+    def rearm(self) -> bool:
+        """Before sleeping on the kick fd: are chains still waiting?
+
+        With EVENT_IDX the guest kicks only once it passes avail_event; pop()
+        wrote that already, but the store must be visible before we look at
+        the avail index again, or a chain published in between is never kicked.
+        Taking a lock is a full memory barrier."""
+        if self.event_idx:
+            U16.pack_into(self.used, 4 + 8 * self.size, self.last_avail)
+            with self._fence:
+                pass
+        return self.pending() > 0
 
     def pop(self):
         """Next chain as (head, readable views, writable views), None when empty.
@@ -128,19 +145,26 @@ class Virtqueue:
 
     def notify(self) -> None:
         """Signal the guest if it wants to hear about the used entries so far."""
-        with self._push_lock:
+        with self._push_lock:       # (acquiring it also orders our used idx store before the loads)
             new, old = self.used_idx, self._signalled_used
             if new == old:
                 return
+            self._signalled_used = new
             if self.event_idx:
                 used_event = U16.unpack_from(self.avail, 4 + 2 * self.size)[0]
-                # vring_need_event: did new pass used_event since the last signal?
+                # vring_need_event: did new pass used_event since the last check?
                 if ((new - used_event - 1) & 0xFFFF) >= ((new - old) & 0xFFFF):
-                    self._signalled_used = new
                     return
             elif U16.unpack_from(self.avail, 0)[0] & AVAIL_F_NO_INTERRUPT:
-                self._signalled_used = new
                 return
-            self._signalled_used = new
-        if self.call_fd is not None:
-            os.eventfd_write(self.call_fd, 1)
+            # written under the lock: set_call_fd may close the old fd meanwhile,
+            # and its number could be reused by a file opened for the guest
+            if self.call_fd is not None:
+                os.eventfd_write(self.call_fd, 1)
+
+    def set_call_fd(self, fd):
+        """Replace the call eventfd (QEMU does so on a running queue when the
+        guest masks its interrupt); -> the old one, for the caller to close."""
+        with self._push_lock:
+            old, self.call_fd = self.call_fd, fd
+        return old
