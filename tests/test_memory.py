@@ -89,3 +89,54 @@ def test_translation_never_returns_more_or_less_than_asked(gpa, length):
     finally:
         mem.close()
         os.close(fd)
+
+
+def test_mmap_offset_inside_a_page_and_past_the_file_end():
+    fd = os.memfd_create("t")
+    os.ftruncate(fd, 3 * PAGE)
+    os.pwrite(fd, b"hello", PAGE + 100)
+    mem = GuestMemory.from_table([(0x1000, PAGE, 0x5000, PAGE + 100)], [os.dup(fd)])   # not page aligned
+    assert bytes(mem.translate(0x1000, 5)[0]) == b"hello"
+    assert bytes(mem.user_view(0x5000, 5)) == b"hello"
+    with pytest.raises(BadAddress):
+        mem.translate(0x1000 + PAGE - 1, 2)
+    mem.close()
+    with pytest.raises((ValueError, OSError)):                 # the region would reach past the file
+        GuestMemory.from_table([(0, 2 * PAGE, 0, 2 * PAGE)], [os.dup(fd)])
+    os.close(fd)
+
+
+def test_from_table_takes_ownership_of_the_fds():
+    fd = os.memfd_create("t")
+    os.ftruncate(fd, PAGE)
+    dup = os.dup(fd)
+    GuestMemory.from_table([(0, PAGE, 0, 0)], [dup]).close()
+    with pytest.raises(OSError):
+        os.fstat(dup)                                          # closed: the mapping keeps the memory
+    with pytest.raises(BadAddress):                            # wraps the guest-physical space
+        GuestMemory.from_table([((1 << 64) - PAGE, 2 * PAGE, 0, 0)], [os.dup(fd)])
+    os.close(fd)
+
+
+def test_negative_and_empty_user_ranges():
+    mem, fd = memory(LAYOUT)
+    with pytest.raises(BadAddress):
+        mem.user_view(0x10000000, -1)
+    with pytest.raises(BadAddress):
+        mem.user_view(-4, 8)
+    assert len(mem.user_view(0x10000000, 0)) == 0
+    assert mem.translate(12345678, 0) == []                    # nothing asked, nothing touched
+    mem.close()
+    with pytest.raises(BadAddress):                            # a closed table maps nothing
+        mem.translate(0, 1)
+    os.close(fd)
+
+
+def test_closing_while_a_view_is_held_keeps_that_view_valid():
+    mem, fd = memory(LAYOUT[:1])
+    (v,) = mem.translate(0, 4)
+    mem.close()                                                # a deferred reply may still hold v
+    v[0] = 7
+    assert os.pread(fd, 1, 0) == b"\x07"
+    v.release()
+    os.close(fd)

@@ -4,6 +4,7 @@ request queues, indirect descriptors, EVENT_IDX — and hostile messages and
 descriptor chains, which must be refused without crash or hang."""
 import logging
 import os
+import socket
 import struct
 import threading
 
@@ -17,7 +18,7 @@ from pyvirtiofsd.protocol import abi
 from pyvirtiofsd.protocol.server import FuseServer
 from pyvirtiofsd.vfs.backends.host import HostBackend
 from pyvirtiofsd.vfs.vfs import Vfs
-from vhost_frontend import Frontend
+from vhost_frontend import UADDR_BASE, Frontend
 
 ROOT = abi.ROOT_ID
 
@@ -315,3 +316,199 @@ def test_thread_pool_serves_many_chains_in_flight(share, tmp_path):
     finally:
         fe.close()
     assert daemon.wait() == 0
+
+
+# -- the device layer with a stand-in server -----------------------------------------------------
+class Echo:
+    """handle(reader, writer): reply with the request reversed; b"boom" raises,
+    b"quiet" has no reply (as FORGET)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def handle(self, reader, writer, complete=None):
+        data = reader.read_all()
+        self.seen.append((threading.current_thread().name, data))
+        if data == b"boom":
+            raise RuntimeError("a server bug")
+        if data == b"quiet":
+            return 0
+        writer.write(data[::-1])
+        return writer.written
+
+
+@pytest.fixture
+def echo(tmp_path):
+    sock = str(tmp_path / "echo.sock")
+    server = Echo()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("rc", virtio_fs.serve(server, socket_path=sock)),
+                         daemon=True)
+    t.start()
+    fe = Frontend(sock, num_queues=3)
+
+    def finish():
+        fe.sock.close()
+        t.join(10)
+        return result.get("rc")
+    yield server, fe, finish
+    if not t.is_alive():
+        fe.close()
+        return
+    fe.close()
+    t.join(10)
+    assert result.get("rc") == 0
+
+
+def test_echo_round_trips_zero_copy_on_every_queue_thread(echo):
+    server, fe, _ = echo
+    fe.handshake()
+    assert fe.max_queues == 1 + virtio_fs.MAX_REQUEST_QUEUES
+    assert fe.request(b"abc" * 1000, 3000, queue=1, split=97) == (b"abc" * 1000)[::-1]
+    assert fe.request(b"xyz", 10, queue=2, indirect=True) == b"zyx"
+    assert fe.request(b"quiet", 10, queue=0) == b""            # no reply: used with length 0
+    assert [name for name, _ in server.seen] == ["vq1", "vq2", "vq0"]
+
+
+def test_a_server_exception_is_logged_and_the_queue_goes_on(echo, caplog):
+    server, fe, _ = echo
+    fe.handshake()
+    with caplog.at_level(logging.ERROR):
+        assert fe.request(b"boom", 10) == b""
+    assert "request failed" in caplog.text
+    assert fe.request(b"still here", 20) == b"ereh llits"
+
+
+def test_many_chains_per_kick_and_16_bit_index_wrap(echo):
+    """Batches of chains published with one kick, on a ring whose indices
+    start just below 65536: every chain comes back once, with its reply."""
+    server, fe, _ = echo
+    fe.handshake(queues=[fe.queues[0], fe.queues[2]])
+    q = fe.queues[1]
+    fe.start_queue(q, base=0xFFF0)
+    for batch in range(6):
+        placed = {}
+        for i in range(q.size // 2):                           # two descriptors per chain
+            head, outs = fe.chain(q, [b"%d-%d" % (batch, i)], [16])
+            placed[head] = (outs[0], b"%d-%d" % (batch, i))
+            fe.publish(q, head, kick=False)
+        os.eventfd_write(q.kick, 1)
+        for _ in range(q.size // 2):
+            head, length = fe.wait_used(q)
+            addr, data = placed.pop(head)
+            assert bytes(fe.view[addr:addr + length]) == data[::-1]
+        assert not placed
+    assert fe.used_idx(q) == (0xFFF0 + 6 * q.size // 2) & 0xFFFF == 0xB0
+
+
+def test_call_fd_replaced_on_a_running_queue(echo):
+    server, fe, _ = echo
+    fe.handshake()
+    q = fe.queues[1]
+    new_call = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    assert fe.acked(13, vu.U64.pack(1), [new_call]) == 0       # as QEMU does when the guest masks the vector
+    os.close(q.call)
+    q.call = new_call
+    assert fe.request(b"after", 10) == b"retfa"                # wait_used selects on the new fd
+
+
+def test_memory_table_replaced_while_queues_run(echo):
+    """SET_MEM_TABLE on a running device: the queues pause, the new table
+    (here the same memfd cut into two regions) is mapped, and they resume."""
+    server, fe, _ = echo
+    fe.handshake()
+    assert fe.request(b"before", 10) == b"erofeb"
+    half = fe.mem_size // 2
+    table = vu.MEM_HEADER.pack(2, 0) + vu.MEM_REGION.pack(0, half, UADDR_BASE, 0) + \
+        vu.MEM_REGION.pack(half, half, UADDR_BASE + half, half)
+    assert fe.acked(5, table, [fe.memfd, fe.memfd]) == 0
+    fe.heap = half - 8                                         # the next buffer straddles both regions
+    assert fe.request(b"0123456789abcdef", 16) == b"fedcba9876543210"
+    # a table that drops the rings' memory: the queues cannot be mapped, the daemon goes on
+    table = vu.MEM_HEADER.pack(1, 0) + vu.MEM_REGION.pack(1 << 40, fe.mem_size, 1 << 40, 0)
+    assert fe.acked(5, table, [fe.memfd]) == 0
+    assert vu.U64.unpack(fe.call(17))[0] == 17
+
+
+def hung_up(sock):
+    """Did the back-end close the connection (with unread bytes it resets it)?"""
+    try:
+        return sock.recv(16) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("name, message", [
+    ("wrong size for SET_FEATURES", vu.HEADER.pack(2, vu.VERSION, 4) + b"\0" * 4),
+    ("payload on GET_FEATURES", vu.HEADER.pack(1, vu.VERSION, 8) + b"\0" * 8),
+    ("protocol version 2", vu.HEADER.pack(3, 2, 0)),
+    ("memory table count disagrees with size", vu.HEADER.pack(5, vu.VERSION, 8 + 32) + vu.MEM_HEADER.pack(3, 0) + bytes(32)),
+    ("truncated header then hang-up", vu.HEADER.pack(1, vu.VERSION, 0)[:5]),
+    ("payload cut short", vu.HEADER.pack(2, vu.VERSION, 8) + b"\0" * 3),
+])
+def test_malformed_messages_drop_the_front_end_and_serve_returns_0(echo, name, message, caplog):
+    server, fe, finish = echo
+    with caplog.at_level(logging.INFO):
+        fe.sock.sendall(message)
+        fe.sock.shutdown(socket.SHUT_WR)
+        assert hung_up(fe.sock), name
+        assert finish() == 0
+    assert "dropping the front-end" in caplog.text or "disconnected" in caplog.text
+
+
+def test_too_many_fds_in_one_message_drop_the_front_end(echo, caplog):
+    server, fe, finish = echo
+    fds = [os.eventfd(0) for _ in range(vu.MAX_REGIONS + 4)]
+    with caplog.at_level(logging.ERROR):
+        fe.send(13, vu.U64.pack(1), fds)
+        assert hung_up(fe.sock)
+        assert finish() == 0
+    for fd in fds:
+        os.close(fd)
+    assert "file descriptors" in caplog.text
+
+
+def test_reconfiguring_a_running_ring_stops_it_first(echo):
+    server, fe, _ = echo
+    fe.handshake()
+    q = fe.queues[1]
+    assert fe.request(b"one", 3) == b"eno"
+    # a hostile front-end shrinks the running ring: the worker must not walk it half-changed
+    assert fe.acked(8, vu.VRING_STATE.pack(1, 8)) == 0
+    fe.publish(q, fe.chain(q, [b"x"], [1])[0])
+    threading.Event().wait(0.2)
+    assert fe.used_idx(q) == 1                                 # stopped: nothing served
+    # QEMU's restart sequence brings it back at the base we tell it
+    q.size = 8
+    q.avail_idx = q.used_seen = 0
+    fe.view[q.desc:q.end] = bytes(q.end - q.desc)
+    fe.start_queue(q)
+    assert fe.request(b"two", 3) == b"owt"
+
+
+def test_serve_on_a_listening_fd_and_a_stale_socket_path(tmp_path):
+    stale = tmp_path / "stale.sock"
+    old = socket.socket(socket.AF_UNIX)
+    old.bind(str(stale))
+    old.close()                                                # left behind by a dead daemon
+    results = []
+    t = threading.Thread(target=lambda: results.append(virtio_fs.serve(Echo(), socket_path=str(stale))))
+    t.start()
+    fe = Frontend(str(stale))
+    fe.handshake()
+    assert fe.request(b"ok", 2) == b"ko"
+    fe.close()
+    t.join(10)
+    assert results == [0] and not stale.exists()
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "lv.sock"))
+    listener.listen(1)
+    t = threading.Thread(target=lambda: results.append(virtio_fs.serve(Echo(), listen_fd=listener.detach())))
+    t.start()
+    fe = Frontend(str(tmp_path / "lv.sock"))
+    fe.handshake()
+    assert fe.request(b"fd", 2) == b"df"
+    fe.close()
+    t.join(10)
+    assert results == [0, 0]

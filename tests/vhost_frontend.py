@@ -115,9 +115,13 @@ class Frontend:
         for q in (queues if queues is not None else self.queues):
             self.start_queue(q)
 
-    def start_queue(self, q):
+    def start_queue(self, q, base=0):
+        """Start a ring whose indices begin at base (as after a migration)."""
+        q.avail_idx = q.used_seen = base
+        U16.pack_into(self.view, q.used + 2, base)
+        U16.pack_into(self.view, q.avail + 2, base)
         assert self.acked(8, vu.VRING_STATE.pack(q.index, q.size)) == 0
-        assert self.acked(10, vu.VRING_STATE.pack(q.index, 0)) == 0
+        assert self.acked(10, vu.VRING_STATE.pack(q.index, base)) == 0
         assert self.acked(9, vu.VRING_ADDR.pack(q.index, 0, UADDR_BASE + q.desc, UADDR_BASE + q.used,
                                                 UADDR_BASE + q.avail, 0)) == 0
         assert self.acked(13, vu.U64.pack(q.index), [q.call]) == 0
