@@ -333,6 +333,8 @@ class Echo:
             raise RuntimeError("a server bug")
         if data == b"quiet":
             return 0
+        if data == b"slow":
+            threading.Event().wait(0.05)
         writer.write(data[::-1])
         return writer.written
 
@@ -512,3 +514,28 @@ def test_serve_on_a_listening_fd_and_a_stale_socket_path(tmp_path):
     fe.close()
     t.join(10)
     assert results == [0, 0]
+
+
+def test_get_vring_base_is_not_delayed_by_a_full_ring_and_loses_nothing(echo):
+    """The worker stops between chains: GET_VRING_BASE answers within about
+    one request, and what it reports as taken is exactly what is used."""
+    import time
+    server, fe, _ = echo
+    fe.handshake()
+    q = fe.queues[1]
+    for _ in range(q.size // 2):
+        fe.publish(q, fe.chain(q, [b"slow"], [8])[0], kick=False)
+    os.eventfd_write(q.kick, 1)
+    threading.Event().wait(0.12)
+    t0 = time.monotonic()
+    index, base = vu.VRING_STATE.unpack(fe.call(11, vu.VRING_STATE.pack(1, 0)))
+    assert time.monotonic() - t0 < 0.5                         # not 32 x 50 ms
+    assert 0 < base < q.size // 2 and fe.used_idx(q) == base
+    # restarted at that base, the rest is served
+    fe.start_queue(q, base=base)
+    q.avail_idx = q.size // 2                                  # the ring still holds the untaken chains
+    struct.pack_into("<H", fe.view, q.avail + 2, q.avail_idx)
+    os.eventfd_write(q.kick, 1)
+    for _ in range(q.size // 2 - base):
+        assert fe.wait_used(q)[1] == 4
+    assert fe.used_idx(q) == q.size // 2

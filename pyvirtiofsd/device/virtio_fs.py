@@ -29,8 +29,10 @@ class QueueWorker(threading.Thread):
         self.device, self.vq, self.pool = device, vq, pool
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         self.broken = False
+        self.stopping = False
 
     def stop(self):
+        self.stopping = True        # a guest that keeps the ring full must not delay us
         os.eventfd_write(self.stop_fd, 1)
         self.join(STOP_TIMEOUT)
         if self.pool is not None:
@@ -59,7 +61,7 @@ class QueueWorker(threading.Thread):
     def drain(self):
         # memory cannot change under us: SET_MEM_TABLE stops the queue first
         vq, handle, complete, pool = self.vq, self.device.server.handle, self.complete, self.pool
-        while True:
+        while not self.stopping:    # chains not taken yet stay for the next start
             try:
                 item = vq.pop()
                 if item is None and vq.rearm():     # published while we looked away (EVENT_IDX)
