@@ -42,6 +42,7 @@ class GuestMemory:
         self._starts = [r.gpa for r in self.regions]
         self._by_uaddr = sorted(self.regions, key=lambda r: r.uaddr)
         self._ustarts = [r.uaddr for r in self._by_uaddr]
+        self._last = None        # the region the previous translation hit
 
     @classmethod
     def from_table(cls, entries, fds):
@@ -69,12 +70,24 @@ class GuestMemory:
         self.regions = []
         self._starts = self._ustarts = []
         self._by_uaddr = []
+        self._last = None
 
     def translate(self, gpa: int, length: int) -> list:
         """[gpa, gpa+length) as memoryviews (several if it spans adjacent regions)."""
+        out = []
+        self.translate_into(out, gpa, length)
+        return out
+
+    def translate_into(self, out: list, gpa: int, length: int) -> None:
+        """Append the views of [gpa, gpa+length) to out (the chain walk's hot path)."""
+        r = self._last
+        if r is not None:
+            off = gpa - r.gpa
+            if off >= 0 and length > 0 and off + length <= r.size:
+                out.append(r.view[off:off + length])
+                return
         if length < 0 or gpa < 0 or gpa + length > 1 << 64:
             raise BadAddress(f"bad range {gpa:#x}+{length:#x}")
-        out = []
         while length > 0:
             i = bisect.bisect_right(self._starts, gpa) - 1
             if i < 0:
@@ -85,9 +98,9 @@ class GuestMemory:
                 raise BadAddress(f"guest address {gpa:#x} is not in guest memory")
             n = min(length, r.size - off)
             out.append(r.view[off:off + n])
+            self._last = r
             gpa += n
             length -= n
-        return out
 
     def contiguous(self, gpa: int, length: int) -> memoryview:
         """One view for a structure that must not cross regions (indirect tables)."""

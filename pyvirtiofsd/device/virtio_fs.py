@@ -80,7 +80,7 @@ class QueueWorker(threading.Thread):
                 pool.submit(self.serve_one, head, readable, writable)
                 continue
             try:
-                n = handle(Reader(readable), Writer(writable), partial(complete, head))
+                n = handle(Reader(readable, True), Writer(writable, True), partial(complete, head))
             except Exception:           # a server bug must not take the queue down
                 self.device.log.exception("queue %d: request failed", vq.index)
                 n = 0
@@ -91,7 +91,7 @@ class QueueWorker(threading.Thread):
     def serve_one(self, head, readable, writable):
         """One chain on a pool thread (--thread-pool-size)."""
         try:
-            n = self.device.server.handle(Reader(readable), Writer(writable), partial(self.complete, head))
+            n = self.device.server.handle(Reader(readable, True), Writer(writable, True), partial(self.complete, head))
         except Exception:
             self.device.log.exception("queue %d: request failed", self.vq.index)
             n = 0

@@ -24,28 +24,33 @@ def _byte_views(bufs):
 def _take(bufs, idx, off, n):
     """Collect up to n bytes as views starting at (idx, off); return views, idx, off."""
     out = []
-    while n > 0 and idx < len(bufs):
+    nbufs = len(bufs)
+    if off and idx < nbufs:                 # the rest of a partly used buffer
         b = bufs[idx]
-        avail = len(b) - off
-        if avail <= 0:
-            idx += 1
-            off = 0
-            continue
-        k = avail if avail < n else n
+        k = min(len(b) - off, n)
         out.append(b[off:off + k])
         n -= k
         off += k
         if off == len(b):
-            idx += 1
-            off = 0
+            idx, off = idx + 1, 0
+    while n > 0 and idx < nbufs:            # whole buffers go as they are
+        b = bufs[idx]
+        lb = len(b)
+        if lb > n:
+            out.append(b[:n])
+            return out, idx, n
+        out.append(b)
+        n -= lb
+        idx += 1
     return out, idx, off
 
 
 class Reader:
     __slots__ = ("_bufs", "_idx", "_off", "_left")
 
-    def __init__(self, bufs):
-        self._bufs = bufs = _byte_views(bufs)
+    def __init__(self, bufs, flat=False):
+        """flat: bufs are already 1-D byte memoryviews (guest memory is)."""
+        self._bufs = bufs = bufs if flat else _byte_views(bufs)
         self._idx = 0
         self._off = 0
         self._left = sum(map(len, bufs))
@@ -78,7 +83,11 @@ class Reader:
 
     def views(self, n: int):
         """Up to n bytes as memoryviews without copying (for pwritev)."""
-        n = min(n, self._left)
+        if n >= self._left:                 # the rest (a WRITE's data): no walk
+            idx, off, bufs = self._idx, self._off, self._bufs
+            views = bufs[idx:] if not off else [bufs[idx][off:], *bufs[idx + 1:]]
+            self._idx, self._off, self._left = len(bufs), 0, 0
+            return views
         views, self._idx, self._off = _take(self._bufs, self._idx, self._off, n)
         self._left -= n
         return views
@@ -93,8 +102,8 @@ class Writer:
     """Reply buffer. Bytes go in order; the header slot can be patched later."""
     __slots__ = ("_bufs", "_idx", "_off", "written", "capacity")
 
-    def __init__(self, bufs):
-        self._bufs = bufs = _byte_views(bufs)
+    def __init__(self, bufs, flat=False):
+        self._bufs = bufs = bufs if flat else _byte_views(bufs)
         self._idx = 0
         self._off = 0
         self.written = 0
