@@ -127,6 +127,31 @@ def test_indirect_chain_and_a_buffer_spanning_two_regions(ring):
     assert joined(readable) == bytes(range(30)) and len(writable) == 1
 
 
+def test_adjacent_buffers_become_one_view_per_direction(ring):
+    """Guest pages that follow each other in memory are joined (fewer iovecs
+    for preadv/pwritev), never across a gap, a direction or a region end."""
+    base = 0x40000
+    ring.poke(base, bytes(range(256)) * 64)
+    table = ring.buf(n=16 * 8)
+    descs = [(base, 4096, 0), (base + 4096, 4096, 0),          # adjacent: one view
+             (base + 3 * 4096, 100, 0),                        # a gap: a new view
+             (base + 3 * 4096 + 100, 0, 0),                    # empty: nothing
+             (base + 3 * 4096 + 100, 50, F_WRITE),             # adjacent, but writable
+             (base + 3 * 4096 + 150, 50, F_WRITE),
+             (HALF - 8, 8, F_WRITE), (HALF, 8, F_WRITE)]       # adjacent across the region end
+    for i, (addr, length, flags) in enumerate(descs):
+        last = i == len(descs) - 1
+        ring.put_desc(i, addr, length, flags | (0 if last else F_NEXT), i + 1, table=table)
+    ring.put_desc(0, table, 16 * len(descs), F_INDIRECT)
+    ring.publish(0)
+    head, readable, writable = ring.vq.pop()
+    assert [len(v) for v in readable] == [8192, 100]
+    assert joined(readable) == ring.peek(base, 8192) + ring.peek(base + 3 * 4096, 100)
+    assert [len(v) for v in writable] == [100, 8, 8]
+    writable[0][:] = b"w" * 100
+    assert ring.peek(base + 3 * 4096 + 100, 100) == b"w" * 100
+
+
 def test_push_fills_the_used_ring_and_indices_wrap_at_16_bits(ring):
     vq = ring.vq
     vq.last_avail = ring.avail_idx = 0xFFFE
