@@ -74,3 +74,24 @@ def test_host_inode_numbers_are_the_host_ones(tmp_path):
     (tmp_path / "f").write_bytes(b"")
     c = client(HostBackend(str(tmp_path)))
     assert c.lookup(ROOT, b"f").attr.ino == os.stat(tmp_path / "f").st_ino
+
+
+def test_memory_backend_acl_xattrs_do_not_change_the_mode():
+    """tmpfs folds an access ACL's owner/group-class/other entries into the
+    mode bits; we store the xattr as given and leave the mode alone."""
+    c = client(MemoryBackend())
+    f = c.mknod(ROOT, b"f", 0o100600)
+    tags = [(0x01, 0o7, 0xFFFFFFFF), (0x04, 0o7, 0xFFFFFFFF), (0x10, 0o7, 0xFFFFFFFF),
+            (0x20, 0o7, 0xFFFFFFFF)]                 # USER_OBJ, GROUP_OBJ, MASK, OTHER: all rwx
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *t) for t in tags)
+    c.setxattr(f.nodeid, b"system.posix_acl_access", acl)
+    assert c.getxattr(f.nodeid, b"system.posix_acl_access") == acl
+    assert c.getattr(f.nodeid).mode & 0o7777 == 0o600      # tmpfs would show 0o777
+
+
+def test_memory_backend_statfs_without_limits_reports_one_tib():
+    """tmpfs without size= reports half of RAM; with no --memory-size we
+    report 1 TiB and 2^32 inodes, all free, so df in the guest shows room."""
+    blocks, bfree, bavail, files, ffree, bsize, namelen, frsize = client(MemoryBackend()).statfs()
+    assert blocks * bsize == 1 << 40 and bfree == bavail == blocks
+    assert files == 1 << 32 and ffree == files - 1
