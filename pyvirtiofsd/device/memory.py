@@ -104,7 +104,8 @@ class GuestMemory:
 
     def contiguous(self, gpa: int, length: int) -> memoryview:
         """One view for a structure that must not cross regions (indirect tables)."""
-        views = self.translate(gpa, length)
+        views = []
+        self.translate_into(views, gpa, length)
         if len(views) != 1:
             raise BadAddress(f"{gpa:#x}+{length:#x} crosses memory regions")
         return views[0]

@@ -76,7 +76,14 @@ class Reader:
         return b"".join(views)
 
     def read_struct(self, st):
-        return st.unpack(self.read(st.size))
+        n, idx = st.size, self._idx
+        if idx < len(self._bufs):               # within one buffer: unpack in place
+            b, off = self._bufs[idx], self._off
+            if len(b) - off > n and n <= self._left:
+                self._off = off + n
+                self._left -= n
+                return st.unpack_from(b, off)
+        return st.unpack(self.read(n))
 
     def read_all(self) -> bytes:
         return self.read(self._left)
@@ -152,6 +159,10 @@ class Writer:
         """Overwrite already-written bytes at pos (the reply header)."""
         if pos + len(data) > self.written:
             raise ValueError("patch beyond written")
+        first = self._bufs[0]
+        if pos + len(data) <= len(first):       # the reply header: always here on virtio
+            first[pos:pos + len(data)] = data
+            return
         i, off = 0, pos
         while off >= len(self._bufs[i]):
             off -= len(self._bufs[i])
