@@ -135,6 +135,7 @@ def parse_timings(console):
 
 def one_run(daemon, cache, sizes, tree, fsbench, queues=1, script=SCRIPT):
     share = tempfile.mkdtemp(prefix="pyvfs-bench-")
+    os.sync()           # the previous run's dirty pages must not be written back during this one
     try:
         os.chmod(share, 0o755)
         shutil.copy(tree, os.path.join(share, "tree.tar"))
