@@ -276,8 +276,7 @@ def main(argv=None):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     data = {"stamp": stamp, "size": args.size, "sizes": sizes, "tree_files": nfiles,
             "kernel": guest.kernel()[1], "accel": os.environ.get("QEMU_ACCEL", "tcg"), "guest": {}}
-    # the first boot of a run pays for cold host memory (seq_write twice as slow
-    # in whichever daemon went first): warm up both, unmeasured
+    # one unmeasured boot per daemon first, so neither measured run pays for a cold start
     for daemon in ("ours", "reference"):
         print(f"bench: warm-up boot ({daemon}) ...", flush=True)
         one_run(daemon, "auto", sizes, tree, fsbench, script=SCRIPT_WARM_UP)
