@@ -4,9 +4,8 @@
  *   fsbench meta-par DIR N P    P processes each doing meta on DIR/pK
  *   fsbench seqwrite FILE MIB   write MIB x 1 MiB, fsync
  *   fsbench seqread FILE        read it back in 1 MiB blocks
- *   fsbench randrw FILE MIB SECONDS   4 KiB random reads and writes (50/50)
  *   fsbench now                 CLOCK_MONOTONIC in nanoseconds
- * Built static on the host by bench/run.py. */
+ * Built static on the host by bench/run.py; random I/O is fio's. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -142,27 +141,6 @@ int main(int argc, char **argv)
 		if (r < 0)
 			die("read");
 		report("seq_read", t, n >> 20);
-		close(fd);
-		return 0;
-	}
-	if (argc == 5 && !strcmp(argv[1], "randrw")) {
-		long blocks = atol(argv[3]) * 256;
-		double secs = atof(argv[4]);
-		int fd = open(argv[2], O_RDWR);
-		if (fd < 0)
-			die(argv[2]);
-		unsigned seed = 12345;
-		long ops = 0;
-		double t = now();
-		while (now() - t < secs) {
-			for (int k = 0; k < 64; k++, ops++) {
-				off_t off = (off_t)(rand_r(&seed) % blocks) * 4096;
-				ssize_t r = (ops & 1) ? pwrite(fd, buf, 4096, off) : pread(fd, buf, 4096, off);
-				if (r != 4096)
-					die("randrw");
-			}
-		}
-		report("rand_rw_4k", t, ops);
 		close(fd);
 		return 0;
 	}

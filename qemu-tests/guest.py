@@ -108,7 +108,7 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def _libs_of(binary):
+def libs_of(binary):
     out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
     return sorted(set(re.findall(r"(/\S+\.so[\.\d]*)", out)))
 
@@ -145,7 +145,7 @@ def initramfs(script: str, extra_files=None) -> str:
     c.file("bin/fsop", open(fsop, "rb").read())
     for tool in ("/usr/bin/getfattr", "/usr/bin/setfattr"):
         c.file("usr/bin/" + os.path.basename(tool), open(tool, "rb").read())
-        for lib in _libs_of(tool):
+        for lib in libs_of(tool):
             c.file(lib.lstrip("/"), open(lib, "rb").read(), 0o755)
     for m in MODULES:
         found = glob.glob(f"/lib/modules/{version}/kernel/**/{m}.ko*", recursive=True)
