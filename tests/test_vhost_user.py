@@ -209,7 +209,7 @@ def test_bad_head_breaks_only_that_queue(share, tmp_path, caplog):
         # an avail index jumping past the queue size is refused the same way
         q2 = fe.queues[2]
         caplog.clear()
-        struct.pack_into("<H", fe.view, q2.avail + 2, (q2.avail_idx + q2.size + 5) & 0xFFFF)
+        fe.store16(q2.avail + 2, (q2.avail_idx + q2.size + 5) & 0xFFFF)
         os.eventfd_write(q2.kick, 1)
         for _ in range(50):
             if "ahead of" in caplog.text:
@@ -534,7 +534,7 @@ def test_get_vring_base_is_not_delayed_by_a_full_ring_and_loses_nothing(echo):
     # restarted at that base, the rest is served
     fe.start_queue(q, base=base)
     q.avail_idx = q.size // 2                                  # the ring still holds the untaken chains
-    struct.pack_into("<H", fe.view, q.avail + 2, q.avail_idx)
+    fe.store16(q.avail + 2, q.avail_idx)
     os.eventfd_write(q.kick, 1)
     for _ in range(q.size // 2 - base):
         assert fe.wait_used(q)[1] == 4

@@ -14,7 +14,6 @@ from pyvirtiofsd.device import vhost_user as vu
 from pyvirtiofsd.device.virtqueue import F_INDIRECT, F_NEXT, F_WRITE
 
 DESC = struct.Struct("<QIHH")
-U16 = struct.Struct("<H")
 USED = struct.Struct("<II")
 UADDR_BASE = 0x7F00_0000_0000     # the front-end's own address of guest memory
 RING_AREA = 1 << 20               # rings of all queues live below this
@@ -42,6 +41,10 @@ class Frontend:
         os.ftruncate(self.memfd, mem_size)
         self.mem = mmap.mmap(self.memfd, mem_size)
         self.view = memoryview(self.mem)
+        # ring indices are stored and loaded as one 16-bit word each, as a guest
+        # kernel does: struct.pack_into zeroes its target before writing, and
+        # the back-end, running at the same time, could read that zero
+        self.words = self.view.cast("H")
         self.sock = socket.socket(socket.AF_UNIX)
         deadline = time.monotonic() + 10
         while True:
@@ -118,8 +121,8 @@ class Frontend:
     def start_queue(self, q, base=0):
         """Start a ring whose indices begin at base (as after a migration)."""
         q.avail_idx = q.used_seen = base
-        U16.pack_into(self.view, q.used + 2, base)
-        U16.pack_into(self.view, q.avail + 2, base)
+        self.store16(q.used + 2, base)
+        self.store16(q.avail + 2, base)
         assert self.acked(8, vu.VRING_STATE.pack(q.index, q.size)) == 0
         assert self.acked(10, vu.VRING_STATE.pack(q.index, base)) == 0
         assert self.acked(9, vu.VRING_ADDR.pack(q.index, 0, UADDR_BASE + q.desc, UADDR_BASE + q.used,
@@ -133,6 +136,7 @@ class Frontend:
         for q in self.queues:
             os.close(q.kick)
             os.close(q.call)
+        self.words.release()
         self.view.release()
         self.mem.close()
         os.close(self.memfd)
@@ -156,17 +160,23 @@ class Frontend:
         if self.manage_used_event:
             # as a guest driver does with EVENT_IDX: call me once the next entry is used
             self.set_used_event(q, q.used_seen)
-        U16.pack_into(self.view, q.avail + 4 + 2 * (q.avail_idx % q.size), head)
+        self.store16(q.avail + 4 + 2 * (q.avail_idx % q.size), head)
         q.avail_idx = (q.avail_idx + 1) & 0xFFFF
-        U16.pack_into(self.view, q.avail + 2, q.avail_idx)
+        self.store16(q.avail + 2, q.avail_idx)
         if kick:
             os.eventfd_write(q.kick, 1)
 
+    def store16(self, addr, value):
+        self.words[addr // 2] = value
+
+    def load16(self, addr):
+        return self.words[addr // 2]
+
     def set_used_event(self, q, value):
-        U16.pack_into(self.view, q.avail + 4 + 2 * q.size, value)
+        self.store16(q.avail + 4 + 2 * q.size, value)
 
     def used_idx(self, q):
-        return U16.unpack_from(self.view, q.used + 2)[0]
+        return self.load16(q.used + 2)
 
     def wait_used(self, q, timeout=10.0):
         """-> (head, length) of the next used entry."""

@@ -8,19 +8,29 @@ outside guest memory is refused (logged, and returned as used with length 0)
 outside the table and an avail index more than the queue size ahead. Then
 pop() raises BadChain and the device stops serving that queue until it is
 reset (the spec's "device needs reset" case); other queues go on.
+
+The ring indices are shared with a guest that reads and writes them
+concurrently, so each is accessed with one 16-bit load or store, through
+memoryviews cast to native integers (virtio is little-endian, as are the
+hosts we run on). Never struct.pack_into on them: it zeroes its whole
+destination before writing the fields, and a guest that reads the used index
+in that window sees it jump back and takes stale used entries ("id N is not
+a head!").
 """
 import logging
 import os
 import struct
+import sys
 import threading
 
 from .memory import BadAddress
 
 log = logging.getLogger("pyvirtiofsd.virtqueue")
 
+if sys.byteorder != "little":
+    raise ImportError("the virtqueue code reads little-endian rings as native integers")
+
 DESC = struct.Struct("<QIHH")      # addr len flags next
-U16 = struct.Struct("<H")
-USED_ELEM = struct.Struct("<II")   # id len
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
 AVAIL_F_NO_INTERRUPT = 1
 MAX_QUEUE_SIZE = 32768
@@ -43,6 +53,9 @@ class Virtqueue:
         self.enabled = False
         self.desc = self.avail = self.used = None
         self.mem = None
+        # the rings as 16-bit words: avail = flags idx ring[size] used_event,
+        # used = flags idx {id len}[size] avail_event; used_elems: 32-bit id, len pairs
+        self.avail16 = self.used16 = self.used_elems = None
         self._push_lock = threading.Lock()   # used ring and call fd
         self._signalled_used = 0
         self._fence = threading.Lock()
@@ -56,15 +69,19 @@ class Virtqueue:
         self.desc = mem.user_view(desc, 16 * n)
         self.avail = mem.user_view(avail, 6 + 2 * n)
         self.used = mem.user_view(used, 6 + 8 * n)
+        self.avail16 = self.avail.cast("H")
+        self.used16 = self.used.cast("H")
+        self.used_elems = self.used[4:4 + 8 * n].cast("I")
         self.mem = mem
-        self.used_idx = self._signalled_used = U16.unpack_from(self.used, 2)[0]
+        self.used_idx = self._signalled_used = self.used16[1]
 
     def detach(self):
         self.desc = self.avail = self.used = self.mem = None
+        self.avail16 = self.used16 = self.used_elems = None
 
     # -- the available side ---------------------------------------------------------------
     def pending(self) -> int:
-        avail_idx = U16.unpack_from(self.avail, 2)[0]
+        avail_idx = self.avail16[1]
         n = (avail_idx - self.last_avail) & 0xFFFF
         if n > self.size:
             raise BadChain(f"queue {self.index}: avail idx {avail_idx} is {n} ahead of {self.last_avail}")
@@ -78,7 +95,7 @@ class Virtqueue:
         the avail index again, or a chain published in between is never kicked.
         Taking a lock is a full memory barrier."""
         if self.event_idx:
-            U16.pack_into(self.used, 4 + 8 * self.size, self.last_avail)
+            self.used16[2 + 4 * self.size] = self.last_avail
             with self._fence:
                 pass
         return self.pending() > 0
@@ -90,10 +107,10 @@ class Virtqueue:
         if not self.pending():
             return None
         slot = self.last_avail % self.size
-        head = U16.unpack_from(self.avail, 4 + 2 * slot)[0]
+        head = self.avail16[2 + slot]
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if self.event_idx:       # avail_event: kick us again only past this point
-            U16.pack_into(self.used, 4 + 8 * self.size, self.last_avail)
+            self.used16[2 + 4 * self.size] = self.last_avail
         if head >= self.size:
             raise BadChain(f"queue {self.index}: head index {head} outside a table of {self.size}")
         try:
@@ -159,10 +176,11 @@ class Virtqueue:
     # -- the used side ----------------------------------------------------------------------
     def push(self, head: int, length: int) -> None:
         with self._push_lock:
-            slot = self.used_idx % self.size
-            USED_ELEM.pack_into(self.used, 4 + 8 * slot, head, length)
+            slot = 2 * (self.used_idx % self.size)
+            self.used_elems[slot] = head
+            self.used_elems[slot + 1] = length
             self.used_idx = (self.used_idx + 1) & 0xFFFF
-            U16.pack_into(self.used, 2, self.used_idx)
+            self.used16[1] = self.used_idx          # the guest may take the entry from here on
 
     def notify(self) -> None:
         """Signal the guest if it wants to hear about the used entries so far."""
@@ -172,11 +190,11 @@ class Virtqueue:
                 return
             self._signalled_used = new
             if self.event_idx:
-                used_event = U16.unpack_from(self.avail, 4 + 2 * self.size)[0]
+                used_event = self.avail16[2 + self.size]
                 # vring_need_event: did new pass used_event since the last check?
                 if ((new - used_event - 1) & 0xFFFF) >= ((new - old) & 0xFFFF):
                     return
-            elif U16.unpack_from(self.avail, 0)[0] & AVAIL_F_NO_INTERRUPT:
+            elif self.avail16[0] & AVAIL_F_NO_INTERRUPT:
                 return
             # written under the lock: set_call_fd may close the old fd meanwhile,
             # and its number could be reused by a file opened for the guest
