@@ -75,3 +75,28 @@ def test_reader_short_struct_read_raises():
     r = Reader([b"\x01\x02"])
     with pytest.raises(ShortBuffer):
         r.read_struct(struct.Struct("<I"))
+
+
+@given(st.lists(st.integers(1, 24), min_size=1, max_size=8), st.data())
+def test_structs_and_writes_that_fill_their_buffers_exactly(sizes, data):
+    """A guest often puts each struct in a buffer of its own (Linux sends the
+    FUSE header and each argument separately): reading or writing exactly a
+    buffer's worth moves on to the next one, whatever comes after."""
+    import struct
+    payload = bytes(range(sum(sizes))) + b"tail"
+    bounds = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+    cuts = [b for b in bounds if data.draw(st.booleans())]
+    r = Reader(split(payload, cuts))
+    pos = 0
+    for n in sizes:
+        assert r.read_struct(struct.Struct(f"{n}s")) == (payload[pos:pos + n],)
+        pos += n
+    assert r.remaining() == 4 and r.read_all() == b"tail"
+    parts = split(bytes(len(payload)), cuts)
+    w = Writer(parts)
+    for i, n in enumerate(sizes):
+        w.write(payload[sum(sizes[:i]):sum(sizes[:i]) + n])
+    w.write(b"tail")
+    assert b"".join(bytes(p) for p in parts) == payload and w.available() == 0
+    with pytest.raises(ShortBuffer):
+        w.write(b"x")

@@ -79,8 +79,12 @@ class Reader:
         n, idx = st.size, self._idx
         if idx < len(self._bufs):               # within one buffer: unpack in place
             b, off = self._bufs[idx], self._off
-            if len(b) - off > n and n <= self._left:
-                self._off = off + n
+            left = len(b) - off
+            if left >= n:
+                if left == n:                   # (a guest often sends each struct in its own buffer)
+                    self._idx, self._off = idx + 1, 0
+                else:
+                    self._off = off + n
                 self._left -= n
                 return st.unpack_from(b, off)
         return st.unpack(self.read(n))
@@ -124,10 +128,14 @@ class Writer:
         if n > self.capacity - self.written:
             raise ShortBuffer("reply does not fit the buffer")
         if self._idx < len(self._bufs):
-            b = self._bufs[self._idx]
-            if len(b) - self._off > n:
-                b[self._off:self._off + n] = data
-                self._off += n
+            b, off = self._bufs[self._idx], self._off
+            left = len(b) - off
+            if left >= n:
+                b[off:off + n] = data
+                if left == n:
+                    self._idx, self._off = self._idx + 1, 0
+                else:
+                    self._off = off + n
                 self.written += n
                 return
         src = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
