@@ -589,6 +589,14 @@ CORPUS = {
         R("chmod", "s", 0o6755), U("chown", "s", 1000, 1000), U("lstat", "s"),
         R("chmod", "s", 0o2745), U("open", "s", WO, 0, 0), U("write", 0, b"x"), U("fstat", 0),
     ],
+    # O_CREAT|O_TRUNC by a user: a file it makes keeps its setuid bit (there
+    # was nothing to truncate); an existing setuid file of its own loses it
+    "killpriv_on_open_truncate": [
+        R("mkdir", "e", 0o777), R("chmod", "e", 0o777),
+        U("open", "e/new", RO | CREAT | TRUNC, 0o4755, 0), U("fstat", 0), U("close", 0),
+        U("open", "e/old", WO | CREAT, 0o4755, 0), U("close", 0),
+        U("open", "e/old", WO | CREAT | TRUNC, 0o4755, 1), U("fstat", 1), U("close", 1),
+    ],
 }
 
 

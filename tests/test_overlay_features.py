@@ -162,7 +162,7 @@ def test_negative_lookups_are_cached_per_layer(base):
     assert sum(layer.lookups for layer in ovl.lowers) == 4       # each layer asked once
     assert sum(layer.neg_hits for layer in ovl.lowers) == 8
     # created through the overlay: found in the upper, no stale negative answer
-    h, _, f = ovl.create(ROOT_CTX, root, b"absent", 0o644, os.O_WRONLY | os.O_CREAT)
+    h, _, f, _ = ovl.create(ROOT_CTX, root, b"absent", 0o644, os.O_WRONLY | os.O_CREAT)
     ovl.release(ROOT_CTX, f)
     h2, attr = ovl.lookup(ROOT_CTX, root, b"absent")
     assert stat.S_ISREG(attr.mode)

@@ -383,9 +383,9 @@ class FuseServer:
 
     def _kill_suidgid(self, ctx, nodeid, fh):
         """HANDLE_KILLPRIV_V2: the kernel leaves clearing setuid/setgid to us
-        when an unprivileged caller truncates on open."""
+        when an unprivileged caller truncates on open. -> the new Attr."""
         try:
-            self.vfs.setattr(ctx, nodeid, fh, SetAttr(kill_suidgid=True))
+            return self.vfs.setattr(ctx, nodeid, fh, SetAttr(kill_suidgid=True))
         except BaseException:
             self.vfs.release(ctx, fh)
             raise
@@ -393,10 +393,11 @@ class FuseServer:
     def op_create(self, nodeid, ctx, r, w):
         flags, mode, ctx.umask, open_flags = r.read_struct(abi.CREATE_IN)
         name = _cstr(r.read_all())
-        new, attr, fh = self.vfs.create(ctx, nodeid, name, stat.S_IFREG | (mode & 0o7777),
-                                        flags & ~os.O_NOCTTY)
-        if open_flags & abi.OPEN_KILL_SUIDGID:
-            self._kill_suidgid(ctx, new, fh)
+        new, attr, fh, created = self.vfs.create(ctx, nodeid, name, stat.S_IFREG | (mode & 0o7777),
+                                                 flags & ~os.O_NOCTTY)
+        # O_TRUNC truncates only a file that was there: a new one keeps the mode it was made with
+        if open_flags & abi.OPEN_KILL_SUIDGID and not created:
+            attr = self._kill_suidgid(ctx, new, fh)
         self._write_created(w, ctx, new, attr)
         w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
 
@@ -421,7 +422,8 @@ class FuseServer:
         size = min(size, MAX_WRITE, w.available())
         views = w.views(size)
         got = self.vfs.read(ctx, fh, offset, views)
-        w.truncate(HDR + got)
+        if got < size:                  # a short read (end of file): the rest is not sent
+            w.truncate(HDR + got)
 
     def op_write(self, nodeid, ctx, r, w):
         fh, offset, size, flags, _, _, _ = r.read_struct(abi.WRITE_IN)

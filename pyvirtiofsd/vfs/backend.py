@@ -186,7 +186,8 @@ class Backend:
         _nosys()
 
     def create(self, ctx: Ctx, parent, name: bytes, mode: int, flags: int):
-        """-> (handle, Attr, file). EEXIST only with O_EXCL."""
+        """-> (handle, Attr, file, created). EEXIST only with O_EXCL;
+        created is False when an existing file was opened instead."""
         _nosys()
 
     def tmpfile(self, ctx: Ctx, parent, mode: int, flags: int):

@@ -184,9 +184,11 @@ class Vfs:
         return self._add_file(node, self.backend.open(ctx, node.handle, flags), flags, False)
 
     def create(self, ctx, parent, name, mode, flags):
-        handle, attr, obj = self.backend.create(ctx, self.node(parent).handle, check_name(name), mode, flags)
+        """-> (nodeid, attr, fh, created): created is False if an existing file was opened."""
+        handle, attr, obj, created = self.backend.create(ctx, self.node(parent).handle, check_name(name),
+                                                         mode, flags)
         node = self._remember(handle)
-        return node.nodeid, attr, self._add_file(node, obj, flags, False)
+        return node.nodeid, attr, self._add_file(node, obj, flags, False), created
 
     def tmpfile(self, ctx, parent, mode, flags):
         handle, attr, obj = self.backend.tmpfile(ctx, self.node(parent).handle, mode, flags)

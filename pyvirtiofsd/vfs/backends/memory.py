@@ -543,9 +543,9 @@ class MemoryBackend(Backend):
             if node is not None:
                 if flags & os.O_EXCL:
                     raise _err(errno.EEXIST, "exists")
-                return node, node.attr(), self.open(ctx, node, flags)
+                return node, node.attr(), self.open(ctx, node, flags), False
             node = self._create(ctx, parent, name, stat.S_IFREG | (mode & 0o7777))
-            return node, node.attr(), self._opened(node, flags)
+            return node, node.attr(), self._opened(node, flags), True
 
     def tmpfile(self, ctx, parent, mode, flags):
         with self._lock:

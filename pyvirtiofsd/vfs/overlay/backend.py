@@ -188,11 +188,11 @@ class OverlayBackend(Backend):
                     found.release(self)
                     raise OSError(errno.EEXIST, "exists")
                 handle, attr = self._entry(inode_for(self, parent.inode, name, found))
-                return handle, attr, self.open(ctx, handle, flags)
-            p, _, (rh, ra, rf) = self._create_with(
+                return handle, attr, self.open(ctx, handle, flags), False
+            p, _, (rh, ra, rf, _) = self._create_with(
                 parent, name, lambda uh: self.upper.backend.create(ctx, uh, name, mode, flags))
             handle, attr = self._new_entry(p, name, (rh, ra))
-            return handle, attr, OvlFile(self.upper.backend, rf, handle.inode, True)
+            return handle, attr, OvlFile(self.upper.backend, rf, handle.inode, True), True
 
     def read(self, ctx, f, offset, views):
         return f.backend.read(ctx, f.obj, offset, views)

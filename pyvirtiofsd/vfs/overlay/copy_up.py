@@ -62,7 +62,7 @@ def _create_copy(ovl, layer, lh, attr, tmp, meta_only):
         return ub.symlink(ROOT_CTX, work, tmp, layer.backend.readlink(ROOT_CTX, lh))[0]
     if ftype != stat.S_IFREG:
         return ub.mknod(ROOT_CTX, work, tmp, ftype | 0o600, attr.rdev)[0]
-    uh, _, uf = ub.create(ROOT_CTX, work, tmp, 0o600, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    uh, _, uf, _ = ub.create(ROOT_CTX, work, tmp, 0o600, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
         if not meta_only:
             copy_data(layer.backend, lh, ub, uf, attr.size)
@@ -142,7 +142,7 @@ def _copy_up_data(ovl, inode):
     size = layer.backend.getattr(ROOT_CTX, lh).size
     tmp = ovl.work.tmpname()
     try:
-        uh, _, uf = ub.create(ROOT_CTX, ovl.work.handle, tmp, 0o600, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        uh, _, uf, _ = ub.create(ROOT_CTX, ovl.work.handle, tmp, 0o600, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
             copy_data(layer.backend, lh, ub, uf, min(size, attr.size))
             ub.setattr(ROOT_CTX, uh, uf, SetAttr(size=attr.size))

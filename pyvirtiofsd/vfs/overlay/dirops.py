@@ -53,7 +53,7 @@ def _xattr_whiteout(ovl, parent_h, name):
     """Where the upper cannot mknod: an empty file marked overlay.whiteout,
     in a directory marked overlay.whiteouts (the kernel's xattr form)."""
     b = ovl.upper.backend
-    h, _, f = b.create(ROOT_CTX, parent_h, name, 0, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    h, _, f, _ = b.create(ROOT_CTX, parent_h, name, 0, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     b.release(ROOT_CTX, f)
     b.setxattr(ROOT_CTX, h, ovl.names.whiteout, b"y", 0)
     b.setxattr(ROOT_CTX, parent_h, ovl.names.whiteouts, b"y", 0)
