@@ -100,3 +100,22 @@ def test_structs_and_writes_that_fill_their_buffers_exactly(sizes, data):
     assert b"".join(bytes(p) for p in parts) == payload and w.available() == 0
     with pytest.raises(ShortBuffer):
         w.write(b"x")
+
+
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=6), st.lists(st.integers(0, 40), max_size=8))
+def test_writer_views_reserve_exactly_what_is_asked(sizes, asks):
+    """views(n) hands out the next min(n, room) bytes of the buffers, in
+    order; views(0) hands out no view at all."""
+    parts = [bytearray(n) for n in sizes]
+    w = Writer(parts)
+    pos = 0
+    for n in asks:
+        views = w.views(n)
+        got = sum(map(len, views))
+        assert got == min(n, sum(sizes) - pos) == w.written - pos
+        if n == 0:
+            assert views == []
+        for v in views:
+            v[:] = bytes((pos + i) % 251 for i in range(len(v)))
+            pos += len(v)
+    assert b"".join(parts)[:pos] == bytes(i % 251 for i in range(pos))

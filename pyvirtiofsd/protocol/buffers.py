@@ -151,8 +151,20 @@ class Writer:
         """Reserve up to n bytes and return them as memoryviews (for preadv).
         They count as written; call truncate() if fewer were filled."""
         n = min(n, self.capacity - self.written)
-        views, self._idx, self._off = _take(self._bufs, self._idx, self._off, n)
+        if n <= 0:
+            return []
         self.written += n
+        idx, off = self._idx, self._off
+        if idx < len(self._bufs):           # within the current buffer (a reply header, a page)
+            b = self._bufs[idx]
+            left = len(b) - off
+            if left > n:
+                self._off = off + n
+                return [b[off:off + n]]
+            if left == n:
+                self._idx, self._off = idx + 1, 0
+                return [b[off:] if off else b]
+        views, self._idx, self._off = _take(self._bufs, idx, off, n)
         return views
 
     def truncate(self, length: int) -> None:
