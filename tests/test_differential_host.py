@@ -589,6 +589,15 @@ CORPUS = {
         R("chmod", "s", 0o6755), U("chown", "s", 1000, 1000), U("lstat", "s"),
         R("chmod", "s", 0o2745), U("open", "s", WO, 0, 0), U("write", 0, b"x"), U("fstat", 0),
     ],
+    # chown(-1, -1) changes nothing but still clears setuid (and setgid with
+    # group-exec) of a file, for root too; a setgid directory keeps its bit
+    "chown_without_changes": [
+        R("open", "c", WO | CREAT, 0o644, 0), R("close", 0), R("chmod", "c", 0o6755),
+        R("chown", "c", -1, -1), R("lstat", "c"),
+        R("chmod", "c", 0o6745), R("chown", "c", -1, -1), R("lstat", "c"),
+        R("mkdir", "sd", 0o755), R("chmod", "sd", 0o2755), R("chown", "sd", -1, -1), R("lstat", "sd"),
+        R("chown", "c", 1000, 1000), R("chmod", "c", 0o4755), U("chown", "c", -1, -1), U("lstat", "c"),
+    ],
     # O_CREAT|O_TRUNC by a user: a file it makes keeps its setuid bit (there
     # was nothing to truncate); an existing setuid file of its own loses it
     "killpriv_on_open_truncate": [
