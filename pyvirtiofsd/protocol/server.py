@@ -321,7 +321,7 @@ class FuseServer:
         if valid & abi.FATTR_CTIME:
             ch.ctime = _ns(ctime, ctimensec)
         ch.kill_suidgid = bool(valid & abi.FATTR_KILL_SUIDGID)
-        if not valid & ~(abi.FATTR_FH | abi.FATTR_LOCKOWNER):
+        if not valid & ~(abi.FATTR_FH | abi.FATTR_LOCKOWNER) and self.flags & abi.HANDLE_KILLPRIV_V2:
             # nothing to change: with HANDLE_KILLPRIV_V2 this is chown(f, -1, -1),
             # which still clears setuid/setgid (for root too), and which the kernel leaves to us
             ch.kill_suidgid = True
