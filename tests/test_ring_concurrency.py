@@ -17,7 +17,7 @@ import time
 from pyvirtiofsd.device.virtqueue import F_INDIRECT, F_NEXT, F_WRITE
 from pyvirtiofsd.protocol import abi
 from fuse_client import FuseClient
-from vhost_frontend import DESC, USED, Frontend
+from vhost_frontend import USED, Frontend
 
 QUEUE_SIZE = 128
 PRODUCERS = 4
@@ -64,14 +64,12 @@ class Driver:
                     req = abi.IN_HEADER.pack(40 + abi.GETATTR_IN.size, abi.GETATTR, unique, abi.ROOT_ID,
                                              0, 0, 0, 0, 0) + bytes(abi.GETATTR_IN.size)
                     v[base + 1024:base + 1024 + len(req)] = req
-                    DESC.pack_into(v, base, base + 1024, len(req), F_NEXT, 1)
-                    DESC.pack_into(v, base + 16, base + 2048, 256, F_WRITE, 0)
+                    fe.write_desc(q, 0, base + 1024, len(req), F_NEXT, 1, table=base)
+                    fe.write_desc(q, 1, base + 2048, 256, F_WRITE, 0, table=base)
                     fe.write_desc(q, head, base, 32, F_INDIRECT)
                     self.outstanding[head] = unique
                     before = q.avail_idx
-                    fe.store16(q.avail + 4 + 2 * (q.avail_idx % q.size), head)
-                    q.avail_idx = (q.avail_idx + 1) & 0xFFFF
-                    fe.store16(q.avail + 2, q.avail_idx)
+                    fe.publish(q, head, kick=False)     # kicked below only if avail_event asks
                     avail_event = fe.load16(q.used + 4 + 8 * q.size)
                     kick = (q.avail_idx - avail_event - 1) & 0xFFFF < (q.avail_idx - before) & 0xFFFF
             if head is None:

@@ -266,15 +266,16 @@ class HostBackend(Backend):
     def create(self, ctx, parent, name, mode, flags):
         name = check_name(name)
         base = (flags & ~(os.O_NOCTTY | os.O_DIRECTORY | os.O_EXCL)) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        perm = self._perm(ctx, mode)
         with caller_creds(ctx):
             # O_EXCL first, to know whether we made the file (a file that only
             # vanishes between the two opens is made by the second: counted as existing)
             try:
-                fd, created = os.open(name, base | os.O_EXCL, self._perm(ctx, mode), dir_fd=parent.fd), True
+                fd, created = os.open(name, base | os.O_EXCL, perm, dir_fd=parent.fd), True
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
-                fd, created = os.open(name, base, self._perm(ctx, mode), dir_fd=parent.fd), False
+                fd, created = os.open(name, base, perm, dir_fd=parent.fd), False
         return (*self._inode_of_open(fd), created)
 
     def tmpfile(self, ctx, parent, mode, flags):
