@@ -42,7 +42,7 @@ class GuestMemory:
         self._starts = [r.gpa for r in self.regions]
         self._by_uaddr = sorted(self.regions, key=lambda r: r.uaddr)
         self._ustarts = [r.uaddr for r in self._by_uaddr]
-        self._last = None        # the region the previous translation hit
+        self.last_region = None  # the region the previous translation hit
 
     @classmethod
     def from_table(cls, entries, fds):
@@ -70,7 +70,7 @@ class GuestMemory:
         self.regions = []
         self._starts = self._ustarts = []
         self._by_uaddr = []
-        self._last = None
+        self.last_region = None
 
     def translate(self, gpa: int, length: int) -> list:
         """[gpa, gpa+length) as memoryviews (several if it spans adjacent regions)."""
@@ -80,7 +80,7 @@ class GuestMemory:
 
     def translate_into(self, out: list, gpa: int, length: int) -> None:
         """Append the views of [gpa, gpa+length) to out (the chain walk's hot path)."""
-        r = self._last
+        r = self.last_region
         if r is not None:
             off = gpa - r.gpa
             if off >= 0 and length > 0 and off + length <= r.size:
@@ -98,7 +98,7 @@ class GuestMemory:
                 raise BadAddress(f"guest address {gpa:#x} is not in guest memory")
             n = min(length, r.size - off)
             out.append(r.view[off:off + n])
-            self._last = r
+            self.last_region = r
             gpa += n
             length -= n
 

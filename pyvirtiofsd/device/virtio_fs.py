@@ -61,31 +61,28 @@ class QueueWorker(threading.Thread):
     def drain(self):
         # memory cannot change under us: SET_MEM_TABLE stops the queue first
         vq, handle, complete, pool = self.vq, self.device.server.handle, self.complete, self.pool
-        while not self.stopping:    # chains not taken yet stay for the next start
-            try:
-                item = vq.pop()
-                if item is None and vq.rearm():     # published while we looked away (EVENT_IDX)
-                    continue
-            except BadChain as e:
-                self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
-                self.broken = True
-                break
-            if item is None:
-                break
-            head, readable, writable = item
-            if readable is None:
-                vq.push(head, 0)
-                continue
-            if pool is not None:
-                pool.submit(self.serve_one, head, readable, writable)
-                continue
-            try:
-                n = handle(Reader(readable, True), Writer(writable, True), partial(complete, head))
-            except Exception:           # a server bug must not take the queue down
-                self.device.log.exception("queue %d: request failed", vq.index)
-                n = 0
-            if n != DEFERRED:
-                vq.push(head, n)
+        try:
+            n = vq.pending() or vq.rearm()      # rearm: published while we looked away (EVENT_IDX)
+            while n and not self.stopping:      # chains not taken yet stay for the next start
+                n -= 1
+                head, readable, writable = vq.take()
+                if readable is None:
+                    vq.push(head, 0)
+                elif pool is not None:
+                    pool.submit(self.serve_one, head, readable, writable)
+                else:
+                    try:
+                        k = handle(Reader(readable, True), Writer(writable, True), partial(complete, head))
+                    except Exception:           # a server bug must not take the queue down
+                        self.device.log.exception("queue %d: request failed", vq.index)
+                        k = 0
+                    if k != DEFERRED:
+                        vq.push(head, k)
+                if not n:
+                    n = vq.rearm()
+        except BadChain as e:
+            self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
+            self.broken = True
         vq.notify()
 
     def serve_one(self, head, readable, writable):

@@ -6,7 +6,7 @@ indirect tables, puts a readable buffer after a writable one, or points
 outside guest memory is refused (logged, and returned as used with length 0)
 — never followed further. Two faults leave no chain to return: a head index
 outside the table and an avail index more than the queue size ahead. Then
-pop() raises BadChain and the device stops serving that queue until it is
+pop() and take() raise BadChain and the device stops serving that queue until it is
 reset (the spec's "device needs reset" case); other queues go on.
 
 The ring indices are shared with a guest that reads and writes them
@@ -87,59 +87,105 @@ class Virtqueue:
             raise BadChain(f"queue {self.index}: avail idx {avail_idx} is {n} ahead of {self.last_avail}")
         return n
 
-    def rearm(self) -> bool:
-        """Before sleeping on the kick fd: are chains still waiting?
+    def rearm(self) -> int:
+        """Before sleeping on the kick fd: how many chains are still waiting?
 
-        With EVENT_IDX the guest kicks only once it passes avail_event; pop()
-        wrote that already, but the store must be visible before we look at
-        the avail index again, or a chain published in between is never kicked.
-        Taking a lock is a full memory barrier."""
+        With EVENT_IDX the guest kicks only once it passes avail_event. We
+        move avail_event here, not at every pop: while we drain, the guest
+        need not kick us. The store must be visible before we look at the
+        avail index again, or a chain published in between is never kicked;
+        taking a lock is a full memory barrier."""
         if self.event_idx:
             self.used16[2 + 4 * self.size] = self.last_avail
             with self._fence:
                 pass
-        return self.pending() > 0
+        return self.pending()
 
     def pop(self):
-        """Next chain as (head, readable views, writable views), None when empty.
-        A malformed chain is returned with views None (push it with len 0);
-        a bad head index raises BadChain: the queue cannot go on."""
+        """Next chain as (head, readable views, writable views), None when empty."""
         if not self.pending():
             return None
-        slot = self.last_avail % self.size
-        head = self.avail16[2 + slot]
-        self.last_avail = (self.last_avail + 1) & 0xFFFF
-        if self.event_idx:       # avail_event: kick us again only past this point
-            self.used16[2 + 4 * self.size] = self.last_avail
+        return self.take()
+
+    def take(self):
+        """The next chain, once pending() said there is one. A malformed chain
+        is returned with views None (push it with len 0); a bad head index
+        raises BadChain: the queue cannot go on."""
+        last = self.last_avail
+        head = self.avail16[2 + last % self.size]
+        self.last_avail = (last + 1) & 0xFFFF
         if head >= self.size:
             raise BadChain(f"queue {self.index}: head index {head} outside a table of {self.size}")
         try:
-            readable, writable = self._walk(head)
+            addr, length, flags, nxt = DESC.unpack_from(self.desc, 16 * head)
+            if flags & F_INDIRECT:
+                readable, writable = self._walk_indirect(addr, length, flags)
+            else:
+                readable, writable = self._walk(self.desc, self.size, addr, length, flags, nxt)
         except (BadChain, BadAddress) as e:
             log.warning("queue %d: refused descriptor chain at %d: %s", self.index, head, e)
             return head, None, None
         return head, readable, writable
 
-    def _walk(self, head):
-        """Follow the chain at head; adjacent buffers of one direction become
-        one view (guest pages are often physically contiguous), which keeps
-        big READ/WRITE chains cheap."""
-        addr, length, flags, nxt = DESC.unpack_from(self.desc, 16 * head)
-        if flags & F_INDIRECT:
-            if flags & F_NEXT:
-                raise BadChain("indirect descriptor chained to others")
-            if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
-                raise BadChain(f"indirect table of {length} bytes")
-            # one copy of the table: the guest cannot change it while we follow it
-            table = list(DESC.iter_unpack(self.mem.contiguous(addr, length)))
-            addr, length, flags, nxt = table[0]
+    def _walk_indirect(self, addr, length, flags):
+        if flags & F_NEXT:
+            raise BadChain("indirect descriptor chained to others")
+        if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
+            raise BadChain(f"indirect table of {length} bytes")
+        table = self.mem.contiguous(addr, length)
+        # Linux fills a table in order, each entry chained to the next, with
+        # non-empty buffers in the region of the table. Such a chain is
+        # walked here in one pass, each entry read once (the guest cannot
+        # change one under us) and checked against that region; anything
+        # else is walked the general way, over a copy of the table.
+        region = self.mem.last_region
+        base, size, view = region.gpa, region.size, region.view
+        readable, writable = [], []
+        out = readable
+        end = -1                         # where the last view ends (guest address)
+        start = 0                        # and where it starts in the region
+        expect = 1
+        for addr, length, flags, nxt in DESC.iter_unpack(table):
+            off = addr - base
+            if flags & ~F_NEXT != (out is writable) * F_WRITE:
+                if flags & ~F_NEXT != F_WRITE:      # readable after writable, nested indirect...
+                    break
+                out = writable
+            elif addr == end:                # adjacent to the last buffer: one view
+                end += length
+                if end - base > size:
+                    break
+                out[-1] = view[start:end - base]
+                if not flags & F_NEXT:
+                    return readable, writable
+                if nxt != expect:
+                    break
+                expect += 1
+                continue
+            if off < 0 or off + length > size or not length:
+                break
+            out.append(view[off:off + length])
+            start, end = off, addr + length
+            if not flags & F_NEXT:
+                return readable, writable
+            if nxt != expect:
+                break
+            expect += 1
+        copy = list(DESC.iter_unpack(bytes(table)))
+        return self._walk(copy, len(copy), *copy[0])
+
+    def _walk(self, table, table_len, addr, length, flags, nxt):
+        """Follow a chain through table (the ring's descriptor table, a
+        memoryview, or an indirect table as a list of tuples), from its first
+        descriptor. Adjacent buffers of one direction become one view (guest
+        pages are often physically contiguous), which keeps big READ/WRITE
+        chains cheap."""
+        if type(table) is list:
+            get = table.__getitem__
             if flags & F_INDIRECT:
                 raise BadChain("indirect descriptor inside an indirect table")
-            get = table.__getitem__
         else:
-            table = self.desc
             get = lambda i: DESC.unpack_from(table, 16 * i)     # noqa: E731
-        table_len = len(table) if type(table) is list else self.size
         translate = self.mem.translate_into
         readable, writable = [], []
         run_start = run_end = 0          # the run of adjacent buffers not yet translated
@@ -167,8 +213,8 @@ class Virtqueue:
                 raise BadChain(f"next index {nxt} outside a table of {table_len}")
             addr, length, flags, nxt = get(nxt)
             if flags & F_INDIRECT:
-                raise BadChain("indirect descriptor chained to others" if table is self.desc
-                               else "indirect descriptor inside an indirect table")
+                raise BadChain("indirect descriptor inside an indirect table" if type(table) is list
+                               else "indirect descriptor chained to others")
         if run_end > run_start:
             translate(run_out, run_start, run_end - run_start)
         return readable, writable
