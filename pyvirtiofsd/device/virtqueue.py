@@ -143,34 +143,33 @@ class Virtqueue:
         readable, writable = [], []
         out = readable
         end = -1                         # where the last view ends (guest address)
-        start = 0                        # and where it starts in the region
         expect = 1
         for addr, length, flags, nxt in DESC.iter_unpack(table):
-            off = addr - base
-            if flags & ~F_NEXT != (out is writable) * F_WRITE:
-                if flags & ~F_NEXT != F_WRITE:      # readable after writable, nested indirect...
-                    break
-                out = writable
-            elif addr == end:                # adjacent to the last buffer: one view
+            # flags: 1 = NEXT (readable, more follow), 3 = NEXT|WRITE, 0 and 2: the last one
+            if flags & 2:
+                if out is readable:
+                    out, end = writable, -1
+            elif out is writable:
+                break
+            if addr == end:                  # adjacent to the last buffer: one view
                 end += length
                 if end - base > size:
                     break
                 out[-1] = view[start:end - base]
-                if not flags & F_NEXT:
-                    return readable, writable
+            else:
+                start = addr - base
+                end = addr + length
+                if start < 0 or end - base > size or not length:
+                    break
+                out.append(view[start:end - base])
+            if flags == 1 or flags == 3:
                 if nxt != expect:
                     break
                 expect += 1
-                continue
-            if off < 0 or off + length > size or not length:
-                break
-            out.append(view[off:off + length])
-            start, end = off, addr + length
-            if not flags & F_NEXT:
+            elif flags == 0 or flags == 2:
                 return readable, writable
-            if nxt != expect:
+            else:
                 break
-            expect += 1
         copy = list(DESC.iter_unpack(bytes(table)))
         return self._walk(copy, len(copy), *copy[0])
 

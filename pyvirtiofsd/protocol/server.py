@@ -132,7 +132,7 @@ class FuseServer:
             log.debug("<- %s unique=%d nodeid=%d uid=%d gid=%d pid=%d",
                       abi.OPCODE_NAMES.get(opcode, opcode), unique, nodeid, uid, gid, pid)
         handler = self._handlers.get(opcode)
-        ctx = Ctx(uid, gid, pid, unique=unique)
+        ctx = Ctx(uid, gid, pid, 0, unique)
         if extlen:
             try:
                 reader = self._take_extensions(reader, extlen * 8, ctx)
@@ -148,16 +148,21 @@ class FuseServer:
         if writer.capacity < HDR:
             log.warning("request %d: reply buffer of %d bytes cannot hold a header", unique, writer.capacity)
             return 0
-        writer.views(HDR)
+        writer.skip(HDR)
         if handler is None:
             handler = _unsupported
         elif not self.initialized and opcode != abi.INIT:
             handler = _before_init
-        args = (nodeid, ctx, reader, writer)
         try:
-            return self._reply(handler, args, opcode, unique, writer)
+            handler(nodeid, ctx, reader, writer)
         except _Wait as wait:
             run = wait.run              # `wait` is unbound once this block ends
+        except Exception as e:
+            return self._failed(e, opcode, unique, writer)
+        else:                           # (success, inline: the common case)
+            n = writer.written
+            writer.pack_at(0, abi.OUT_HEADER, n, 0, unique)
+            return n
         if complete is None:
             return self._reply(run, (), opcode, unique, writer)
         threading.Thread(target=lambda: complete(self._reply(run, (), opcode, unique, writer)),
@@ -168,22 +173,27 @@ class FuseServer:
         """Run the operation; turn its outcome into the reply header."""
         try:
             call(*args)
-            error = 0
         except _Wait:
             raise
-        except OSError as e:
+        except Exception as e:
+            return self._failed(e, opcode, unique, writer)
+        n = writer.written
+        writer.pack_at(0, abi.OUT_HEADER, n, 0, unique)
+        return n
+
+    def _failed(self, e, opcode, unique, writer):
+        """The reply for an operation that raised e: its errno, or EIO for a bug."""
+        if isinstance(e, OSError):
             error = e.errno or errno.EIO
             if error in (errno.ENOSYS, errno.EINVAL, errno.EIO, errno.ESTALE, errno.EBADF):
                 log.debug("%s unique=%d -> %s (%s)", abi.OPCODE_NAMES.get(opcode, opcode), unique,
                           errno.errorcode.get(error, error), e.strerror)
-            writer.truncate(HDR)
-        except Exception:
-            log.exception("%s unique=%d failed", abi.OPCODE_NAMES.get(opcode, opcode), unique)
+        else:
+            log.error("%s unique=%d failed", abi.OPCODE_NAMES.get(opcode, opcode), unique, exc_info=e)
             error = errno.EIO
-            writer.truncate(HDR)
-        n = writer.written
-        writer.patch(0, abi.OUT_HEADER.pack(n, -error, unique))
-        return n
+        writer.truncate(HDR)
+        writer.pack_at(0, abi.OUT_HEADER, HDR, -error, unique)
+        return HDR
 
     @staticmethod
     def _take_extensions(reader, n, ctx):
@@ -213,7 +223,7 @@ class FuseServer:
     def _write_entry(self, w, nodeid, attr):
         ev, evn = self._entry_valid
         av, avn = self._attr_valid
-        w.write(abi.ENTRY_OUT.pack(nodeid, 0, ev, av, evn, avn, *_attr_fields(attr)))
+        w.pack(abi.ENTRY_OUT, nodeid, 0, ev, av, evn, avn, *_attr_fields(attr))
 
     def _write_created(self, w, ctx, nodeid, attr):
         """Entry of a new object, labelled first with the caller's security
@@ -227,7 +237,7 @@ class FuseServer:
 
     def _write_attr(self, w, attr):
         av, avn = self._attr_valid
-        w.write(abi.ATTR_OUT.pack(av, avn, 0, *_attr_fields(attr)))
+        w.pack(abi.ATTR_OUT, av, avn, 0, *_attr_fields(attr))
 
     # -- session ---------------------------------------------------------------------
     def op_init(self, nodeid, ctx, r, w):
@@ -292,7 +302,7 @@ class FuseServer:
                 raise
             # a negative entry: the guest may cache "no such name" for the entry timeout
             ev, evn = self._entry_valid
-            w.write(abi.ENTRY_OUT.pack(0, 0, ev, 0, evn, 0, *(0,) * 16))
+            w.pack(abi.ENTRY_OUT, 0, 0, ev, 0, evn, 0, *(0,) * 16)
 
     def op_getattr(self, nodeid, ctx, r, w):
         fh = None
@@ -383,7 +393,7 @@ class FuseServer:
         fh = self.vfs.open(ctx, nodeid, flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY))
         if open_flags & abi.OPEN_KILL_SUIDGID:
             self._kill_suidgid(ctx, nodeid, fh)
-        w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
+        w.pack(abi.OPEN_OUT, fh, self._open_flags, 0)
 
     def _kill_suidgid(self, ctx, nodeid, fh):
         """HANDLE_KILLPRIV_V2: the kernel leaves clearing setuid/setgid to us
@@ -403,14 +413,14 @@ class FuseServer:
         if open_flags & abi.OPEN_KILL_SUIDGID and not created:
             attr = self._kill_suidgid(ctx, new, fh)
         self._write_created(w, ctx, new, attr)
-        w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
+        w.pack(abi.OPEN_OUT, fh, self._open_flags, 0)
 
     def op_tmpfile(self, nodeid, ctx, r, w):
         # the kernel sends the name "/" of its placeholder dentry: not a name to check
         flags, mode, ctx.umask, _ = r.read_struct(abi.CREATE_IN)
         new, attr, fh = self.vfs.tmpfile(ctx, nodeid, stat.S_IFREG | (mode & 0o7777), flags & ~os.O_NOCTTY)
         self._write_created(w, ctx, new, attr)
-        w.write(abi.OPEN_OUT.pack(fh, self._open_flags, 0))
+        w.pack(abi.OPEN_OUT, fh, self._open_flags, 0)
 
     def op_ioctl(self, nodeid, ctx, r, w):
         raise OSError(errno.ENOTTY, "no ioctls")
@@ -419,7 +429,7 @@ class FuseServer:
         # files and directories here are always ready, as on a local disk
         _fh, _kh, _flags, events = r.read_struct(abi.POLL_IN)
         ready = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
-        w.write(abi.POLL_OUT.pack(events & ready, 0))
+        w.pack(abi.POLL_OUT, events & ready, 0)
 
     def op_read(self, nodeid, ctx, r, w):
         fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)
@@ -434,7 +444,7 @@ class FuseServer:
         if size > r.remaining():
             raise OSError(errno.EINVAL, f"WRITE of {size} bytes carries only {r.remaining()}")
         n = self.vfs.write(ctx, fh, offset, r.views(size), bool(flags & abi.WRITE_KILL_SUIDGID))
-        w.write(abi.WRITE_OUT.pack(n, 0))
+        w.pack(abi.WRITE_OUT, n, 0)
 
     def op_flush(self, nodeid, ctx, r, w):
         fh, _, _, lock_owner = r.read_struct(abi.FLUSH_IN)
@@ -481,17 +491,17 @@ class FuseServer:
 
     def op_lseek(self, nodeid, ctx, r, w):
         fh, offset, whence, _ = r.read_struct(abi.LSEEK_IN)
-        w.write(abi.LSEEK_OUT.pack(self.vfs.lseek(ctx, fh, offset, whence)))
+        w.pack(abi.LSEEK_OUT, self.vfs.lseek(ctx, fh, offset, whence))
 
     def op_copy_file_range(self, nodeid, ctx, r, w):
         fh_in, off_in, _nodeid_out, fh_out, off_out, length, flags = r.read_struct(abi.COPY_FILE_RANGE_IN)
         n = self.vfs.copy_file_range(ctx, fh_in, off_in, fh_out, off_out, min(length, 0xFFFFFFFF), flags)
-        w.write(abi.WRITE_OUT.pack(n, 0))
+        w.pack(abi.WRITE_OUT, n, 0)
 
     # -- directories -------------------------------------------------------------------------
     def op_opendir(self, nodeid, ctx, r, w):
         flags, _ = r.read_struct(abi.OPEN_IN)
-        w.write(abi.OPEN_OUT.pack(self.vfs.opendir(ctx, nodeid, flags), self._opendir_flags, 0))
+        w.pack(abi.OPEN_OUT, self.vfs.opendir(ctx, nodeid, flags), self._opendir_flags, 0)
 
     def op_readdir(self, nodeid, ctx, r, w):
         fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)
@@ -562,7 +572,7 @@ class FuseServer:
     def _sized_reply(self, w, size, data):
         """getxattr/listxattr: size 0 asks for the length only."""
         if size == 0:
-            w.write(abi.GETXATTR_OUT.pack(len(data), 0))
+            w.pack(abi.GETXATTR_OUT, len(data), 0)
         elif len(data) > size:
             raise OSError(errno.ERANGE, "value larger than the buffer")
         else:
