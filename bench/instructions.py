@@ -1,0 +1,151 @@
+"""Instructions per request on the hot request path, counted by callgrind.
+
+Time on these machines drifts by a third from one minute to the next, so
+small changes to the request path cannot be judged by timing. Instruction
+counts do not drift: this runs the queue worker's drain (take a chain, serve
+it, push it, signal) over chains shaped as Linux builds them (an indirect
+table: request header and argument readable, reply header and reply body
+writable), for a few request kinds, under `valgrind --tool=callgrind`, twice
+with different numbers of rounds; the difference divided by the extra
+requests is the cost of one request, with start-up cancelled out. User-space
+instructions only: the system calls' kernel side is not counted.
+
+    python bench/instructions.py [getattr lookup read write]
+
+Needs valgrind (apt install valgrind). In-process and hot: under a guest
+each request also pays for waking the worker and for cold caches, which
+this does not measure.
+"""
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pyvirtiofsd.device import virtio_fs                          # noqa: E402
+from pyvirtiofsd.device.memory import GuestMemory                 # noqa: E402
+from pyvirtiofsd.device.virtqueue import F_INDIRECT, F_NEXT, F_WRITE, Virtqueue  # noqa: E402
+from pyvirtiofsd.protocol import abi                               # noqa: E402
+from pyvirtiofsd.protocol.server import FuseServer                # noqa: E402
+from pyvirtiofsd.vfs.backend import ROOT_CTX                      # noqa: E402
+from pyvirtiofsd.vfs.backends.host import HostBackend             # noqa: E402
+from pyvirtiofsd.vfs.vfs import Vfs                               # noqa: E402
+
+KINDS = ("getattr", "lookup", "read", "write")
+CHAINS = 64                     # chains published per round, served in one drain
+ROUNDS = (5, 25)
+MEM = 16 << 20
+RING = 256
+DESC = struct.Struct("<QIHH")
+
+
+class _Device:
+    log = None
+    memory_lock = None
+
+    def __init__(self, server):
+        self.server = server
+
+
+def _requests(kind, nodeid, fh):
+    """(readable parts, writable buffer sizes) of one request of this kind."""
+    def header(opcode, node, body_len):
+        return abi.IN_HEADER.pack(40 + body_len, opcode, 7, node, 0, 0, 0, 0, 0)
+    if kind == "getattr":
+        body = abi.GETATTR_IN.pack(0, 0, 0)
+        return [header(abi.GETATTR, nodeid, len(body)), body], [16, abi.ATTR_OUT.size]
+    if kind == "lookup":
+        return [header(abi.LOOKUP, abi.ROOT_ID, 2), b"f\0"], [16, abi.ENTRY_OUT.size]
+    if kind == "read":
+        body = abi.READ_IN.pack(fh, 4096, 4096, 0, 0, 0, 0)
+        return [header(abi.READ, nodeid, len(body)), body], [16, 4096]
+    if kind == "write":
+        body = abi.WRITE_IN.pack(fh, 4096, 4096, 0, 0, 0, 0)
+        return [header(abi.WRITE, nodeid, len(body) + 4096), body, b"y" * 4096], [16, abi.WRITE_OUT.size]
+    return [], []               # "none": publishing only, subtracted from the others
+
+
+def child(kind, rounds):
+    """Set up a ring and a server, then serve `rounds` drains of CHAINS chains."""
+    share = tempfile.mkdtemp(prefix="pyvfs-instr-")
+    with open(os.path.join(share, "f"), "wb") as f:
+        f.write(b"x" * 65536)
+    server = FuseServer(Vfs(HostBackend(share), cache="never"))
+    server.initialized = True
+    nodeid, _ = server.vfs.lookup(ROOT_CTX, abi.ROOT_ID, b"f")
+    fh = server.vfs.open(ROOT_CTX, nodeid, os.O_RDWR)
+    fd = os.memfd_create("guest")
+    os.ftruncate(fd, MEM)
+    mem = GuestMemory.from_table([(0, MEM, 0, 0)], [os.dup(fd)])
+    guest = memoryview(mem.regions[0].map)
+    vq = Virtqueue(1)
+    vq.size, vq.addrs, vq.event_idx = RING, (0, 0x2000, 0x1000), True     # desc, used, avail
+    vq.attach(mem)
+    worker = virtio_fs.QueueWorker(_Device(server), vq)
+    parts, outs = _requests(kind, nodeid, fh)
+    heap = 0x10000
+    for head in range(CHAINS):              # buffers 64-byte aligned: no two are adjacent
+        descs = []
+        for data in parts:
+            guest[heap:heap + len(data)] = data
+            descs.append((heap, len(data), F_NEXT))
+            heap += (len(data) + 64) & ~63
+        for n in outs:
+            descs.append((heap, n, F_NEXT | F_WRITE))
+            heap += (n + 64) & ~63
+        if not descs:
+            continue
+        descs[-1] = descs[-1][:2] + (descs[-1][2] & ~F_NEXT,)
+        table = heap
+        for i, (addr, n, flags) in enumerate(descs):
+            DESC.pack_into(guest, table + 16 * i, addr, n, flags, i + 1)
+        heap += (16 * len(descs) + 64) & ~63
+        DESC.pack_into(guest, 16 * head, table, 16 * len(descs), F_INDIRECT, 0)
+    avail16, idx = vq.avail16, 0
+    for _ in range(rounds):
+        for head in range(CHAINS):
+            avail16[2 + idx % RING] = head
+            idx = (idx + 1) & 0xFFFF
+        avail16[1] = idx
+        if parts:
+            worker.drain()
+        else:
+            vq.last_avail = idx
+        if kind == "lookup":
+            server.vfs.forget(nodeid, CHAINS)
+        if parts and vq.used_elems[1] <= abi.OUT_HEADER.size:
+            raise SystemExit(f"{kind}: the request failed (reply of {vq.used_elems[1]} bytes)")
+
+
+def count(kind, rounds):
+    out = tempfile.mktemp(prefix="pyvfs-callgrind-")
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                    sys.executable, os.path.abspath(__file__), "--child", kind, str(rounds)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with open(out) as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("summary:"))
+    finally:
+        os.unlink(out)
+
+
+def per_request(kind):
+    lo, hi = ROUNDS
+    return (count(kind, hi) - count(kind, lo)) / ((hi - lo) * CHAINS)
+
+
+def main(argv):
+    if argv[:1] == ["--child"]:
+        child(argv[1], int(argv[2]))
+        return 0
+    kinds = argv or KINDS
+    base = per_request("none")
+    print("| request | instructions per request |\n|---|---|")
+    for kind in kinds:
+        print(f"| {kind.upper()} | {per_request(kind) - base:,.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
