@@ -114,8 +114,8 @@ def child(kind, rounds):
             vq.last_avail = idx
         if kind == "lookup":
             server.vfs.forget(nodeid, CHAINS)
-        if parts and vq.used_elems[1] <= abi.OUT_HEADER.size:
-            raise SystemExit(f"{kind}: the request failed (reply of {vq.used_elems[1]} bytes)")
+        if parts and vq.used_elems[0] >> 32 <= abi.OUT_HEADER.size:       # (id, len) of the first
+            raise SystemExit(f"{kind}: the request failed (reply of {vq.used_elems[0] >> 32} bytes)")
 
 
 def count(kind, rounds):

@@ -54,7 +54,8 @@ class Virtqueue:
         self.desc = self.avail = self.used = None
         self.mem = None
         # the rings as 16-bit words: avail = flags idx ring[size] used_event,
-        # used = flags idx {id len}[size] avail_event; used_elems: 32-bit id, len pairs
+        # used = flags idx {id len}[size] avail_event; used_elems: the {id len}
+        # as 64-bit words (id in the low half: little-endian)
         self.avail16 = self.used16 = self.used_elems = None
         self._push_lock = threading.Lock()   # used ring and call fd
         self._signalled_used = 0
@@ -71,7 +72,7 @@ class Virtqueue:
         self.used = mem.user_view(used, 6 + 8 * n)
         self.avail16 = self.avail.cast("H")
         self.used16 = self.used.cast("H")
-        self.used_elems = self.used[4:4 + 8 * n].cast("I")
+        self.used_elems = self.used[4:4 + 8 * n].cast("Q")
         self.mem = mem
         self.used_idx = self._signalled_used = self.used16[1]
 
@@ -132,13 +133,18 @@ class Virtqueue:
             raise BadChain("indirect descriptor chained to others")
         if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
             raise BadChain(f"indirect table of {length} bytes")
-        table = self.mem.contiguous(addr, length)
+        region = self.mem.last_region
+        off = addr - region.gpa if region is not None else -1
+        if off >= 0 and off + length <= region.size:
+            table = region.view[off:off + length]
+        else:
+            table = self.mem.contiguous(addr, length)
+            region = self.mem.last_region
         # Linux fills a table in order, each entry chained to the next, with
         # non-empty buffers in the region of the table. Such a chain is
         # walked here in one pass, each entry read once (the guest cannot
         # change one under us) and checked against that region; anything
         # else is walked the general way, over a copy of the table.
-        region = self.mem.last_region
         base, size, view = region.gpa, region.size, region.view
         readable, writable = [], []
         out = readable
@@ -221,11 +227,10 @@ class Virtqueue:
     # -- the used side ----------------------------------------------------------------------
     def push(self, head: int, length: int) -> None:
         with self._push_lock:
-            slot = 2 * (self.used_idx % self.size)
-            self.used_elems[slot] = head
-            self.used_elems[slot + 1] = length
-            self.used_idx = (self.used_idx + 1) & 0xFFFF
-            self.used16[1] = self.used_idx          # the guest may take the entry from here on
+            idx = self.used_idx
+            self.used_elems[idx % self.size] = head | length << 32     # id, len
+            self.used_idx = idx = (idx + 1) & 0xFFFF
+            self.used16[1] = idx                    # the guest may take the entry from here on
 
     def notify(self) -> None:
         """Signal the guest if it wants to hear about the used entries so far."""

@@ -23,6 +23,8 @@ log = logging.getLogger("pyvirtiofsd.server")
 MAX_WRITE = 1 << 20
 MAX_PAGES = MAX_WRITE // 4096
 HDR = abi.OUT_HEADER.size
+IN_HDR = abi.IN_HEADER.size
+NO_REPLY = frozenset((abi.FORGET, abi.BATCH_FORGET, abi.INTERRUPT))    # opcodes answered by nothing
 DEFERRED = -1
 
 
@@ -124,9 +126,9 @@ class FuseServer:
         except ShortBuffer:
             log.warning("request shorter than fuse_in_header (%d bytes): dropped", reader.remaining())
             return 0
-        if length < abi.IN_HEADER.size or length - abi.IN_HEADER.size > reader.remaining():
+        if length < IN_HDR or length - IN_HDR > reader.remaining():
             log.warning("request %d: header len %d does not match the %d bytes given",
-                        unique, length, reader.remaining() + abi.IN_HEADER.size)
+                        unique, length, reader.remaining() + IN_HDR)
             return self._reply_error(writer, unique, errno.EINVAL)
         if self.log_requests:
             log.debug("<- %s unique=%d nodeid=%d uid=%d gid=%d pid=%d",
@@ -139,7 +141,7 @@ class FuseServer:
             except OSError as e:
                 log.warning("request %d: bad extension: %s", unique, e)
                 return self._reply_error(writer, unique, errno.EINVAL)
-        if opcode in (abi.FORGET, abi.BATCH_FORGET, abi.INTERRUPT):
+        if opcode in NO_REPLY:
             try:
                 handler(nodeid, ctx, reader, writer)
             except Exception as e:          # these have no reply to carry an error
