@@ -145,23 +145,10 @@ class Writer:
             pos += len(v)
 
     def pack(self, st, *values) -> None:
-        """Write a struct, packed in place when it fits the current buffer."""
-        idx, n = self._idx, st.size
-        if idx < len(self._bufs):
-            b, off = self._bufs[idx], self._off
-            left = len(b) - off
-            if left >= n:
-                st.pack_into(b, off, *values)
-                if left == n:
-                    self._idx, self._off = idx + 1, 0
-                else:
-                    self._off = off + n
-                self.written += n
-                return
         self.write(st.pack(*values))
 
     def skip(self, n: int) -> None:
-        """Reserve n bytes to fill in later with pack_at (the reply header)."""
+        """Reserve n bytes to fill in later with patch (the reply header)."""
         idx = self._idx
         if idx < len(self._bufs):
             left = len(self._bufs[idx]) - self._off
@@ -173,13 +160,6 @@ class Writer:
                 self.written += n
                 return
         self.views(n)
-
-    def pack_at(self, pos: int, st, *values) -> None:
-        """Overwrite already-written bytes at pos with a struct (the reply header)."""
-        if pos + st.size <= len(self._bufs[0]) and pos + st.size <= self.written:
-            st.pack_into(self._bufs[0], pos, *values)
-        else:
-            self.patch(pos, st.pack(*values))
 
     def views(self, n: int):
         """Reserve up to n bytes and return them as memoryviews (for preadv).

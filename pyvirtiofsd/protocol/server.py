@@ -82,13 +82,13 @@ def _split_timeout(t: float):
     return sec, int((t - sec) * 1e9)
 
 
-def _attr_fields(a):
-    """The fuse_attr fields of an Attr, in wire order."""
+def _packed_attr(a):
+    """An Attr as a packed fuse_attr."""
     asec, ansec = divmod(a.atime_ns, 1_000_000_000)
     msec, mnsec = divmod(a.mtime_ns, 1_000_000_000)
     csec, cnsec = divmod(a.ctime_ns, 1_000_000_000)
-    return (a.ino, a.size, a.blocks, asec & _u64, msec & _u64, csec & _u64, ansec, mnsec, cnsec,
-            a.mode, a.nlink, a.uid, a.gid, encode_dev(a.rdev) if a.rdev else 0, a.blksize, 0)
+    return abi.ATTR.pack(a.ino, a.size, a.blocks, asec & _u64, msec & _u64, csec & _u64, ansec, mnsec, cnsec,
+                         a.mode, a.nlink, a.uid, a.gid, encode_dev(a.rdev) if a.rdev else 0, a.blksize, 0)
 
 
 class FuseServer:
@@ -102,6 +102,7 @@ class FuseServer:
         self.log_requests = log_requests
         self._entry_valid = _split_timeout(vfs.entry_timeout)
         self._attr_valid = _split_timeout(vfs.attr_timeout)
+        self._attr_head = abi.ATTR_HEAD.pack(*self._attr_valid, 0)    # of every fuse_attr_out
         self._open_flags = {"never": abi.FOPEN_DIRECT_IO, "metadata": abi.FOPEN_DIRECT_IO,
                             "auto": 0, "always": abi.FOPEN_KEEP_CACHE}[vfs.cache]
         self._opendir_flags = abi.FOPEN_KEEP_CACHE | abi.FOPEN_CACHE_DIR if vfs.cache == "always" else 0
@@ -163,7 +164,7 @@ class FuseServer:
             return self._failed(e, opcode, unique, writer)
         else:                           # (success, inline: the common case)
             n = writer.written
-            writer.pack_at(0, abi.OUT_HEADER, n, 0, unique)
+            writer.patch(0, abi.OUT_HEADER.pack(n, 0, unique))
             return n
         if complete is None:
             return self._reply(run, (), opcode, unique, writer)
@@ -180,7 +181,7 @@ class FuseServer:
         except Exception as e:
             return self._failed(e, opcode, unique, writer)
         n = writer.written
-        writer.pack_at(0, abi.OUT_HEADER, n, 0, unique)
+        writer.patch(0, abi.OUT_HEADER.pack(n, 0, unique))
         return n
 
     def _failed(self, e, opcode, unique, writer):
@@ -194,7 +195,7 @@ class FuseServer:
             log.error("%s unique=%d failed", abi.OPCODE_NAMES.get(opcode, opcode), unique, exc_info=e)
             error = errno.EIO
         writer.truncate(HDR)
-        writer.pack_at(0, abi.OUT_HEADER, HDR, -error, unique)
+        writer.patch(0, abi.OUT_HEADER.pack(HDR, -error, unique))
         return HDR
 
     @staticmethod
@@ -225,7 +226,7 @@ class FuseServer:
     def _write_entry(self, w, nodeid, attr):
         ev, evn = self._entry_valid
         av, avn = self._attr_valid
-        w.pack(abi.ENTRY_OUT, nodeid, 0, ev, av, evn, avn, *_attr_fields(attr))
+        w.write(abi.ENTRY_HEAD.pack(nodeid, 0, ev, av, evn, avn) + _packed_attr(attr))
 
     def _write_created(self, w, ctx, nodeid, attr):
         """Entry of a new object, labelled first with the caller's security
@@ -238,8 +239,7 @@ class FuseServer:
         self._write_entry(w, nodeid, attr)
 
     def _write_attr(self, w, attr):
-        av, avn = self._attr_valid
-        w.pack(abi.ATTR_OUT, av, avn, 0, *_attr_fields(attr))
+        w.write(self._attr_head + _packed_attr(attr))
 
     # -- session ---------------------------------------------------------------------
     def op_init(self, nodeid, ctx, r, w):
@@ -535,7 +535,7 @@ class FuseServer:
                     if err.errno == errno.ENOENT:   # gone since the listing was taken
                         continue
                     raise
-                entry = abi.ENTRY_OUT.pack(child, 0, ev, av, evn, avn, *_attr_fields(attr))
+                entry = abi.ENTRY_HEAD.pack(child, 0, ev, av, evn, avn) + _packed_attr(attr)
             room -= rec
             w.write(entry + abi.DIRENT.pack(e.ino, e.next_offset, len(e.name), e.type) + e.name
                     + b"\0" * (rec - abi.ENTRY_OUT.size - abi.DIRENT.size - len(e.name)))
