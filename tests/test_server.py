@@ -76,6 +76,40 @@ def test_destroy_forgets_everything_and_allows_reinit(fc, server, share):
 
 
 # -- lookups and node identity -----------------------------------------------------
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_repeated_lookups_share_one_descriptor_and_forget_closes_it(fc, server, share):
+    """The host backend holds one O_PATH descriptor per inode in use: looking
+    up a name whose inode it holds (again, through a hard link, after a
+    create) takes a reference rather than a descriptor, and the last FORGET
+    closes it, as does DESTROY."""
+    (share / "f").write_bytes(b"x")
+    os.link(share / "f", share / "g")
+    before = _open_fds()
+    e = fc.lookup(ROOT, b"f")
+    assert _open_fds() == before + 1
+    for _ in range(5):
+        assert fc.lookup(ROOT, b"f").nodeid == e.nodeid
+        assert fc.lookup(ROOT, b"g").nodeid == e.nodeid
+    assert _open_fds() == before + 1
+    created, fh = fc.create(ROOT, b"new")
+    fc.release(created.nodeid, fh)
+    assert fc.lookup(ROOT, b"new").nodeid == created.nodeid
+    assert _open_fds() == before + 2
+    fc.forget(e.nodeid, 10)                         # one of eleven lookups is left
+    assert _open_fds() == before + 2
+    assert_attr_matches(fc.getattr(e.nodeid), share / "f")
+    fc.forget(e.nodeid, 1)
+    assert _open_fds() == before + 1
+    os.unlink(share / "f")                          # a new lookup opens it afresh
+    again = fc.lookup(ROOT, b"g")
+    assert again.nodeid != e.nodeid and again.attr.nlink == 1 and _open_fds() == before + 2
+    fc.destroy()
+    assert _open_fds() == before
+
+
 def test_lookup_and_getattr_match_the_host(fc, share):
     (share / "file").write_bytes(b"hello")
     (share / "dir").mkdir(mode=0o750)

@@ -146,7 +146,9 @@ class Backend:
         _nosys()
 
     def forget(self, handle) -> None:
-        """The VFS holds no more references to this handle: free it."""
+        """Give back one reference to handle. Every handle a backend returns
+        (lookup, create, ...) is one reference, also when it is an object it
+        returned before; the handle may be freed when the last one is back."""
 
     def getattr(self, ctx: Ctx, handle, file=None) -> Attr:
         _nosys()

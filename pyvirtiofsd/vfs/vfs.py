@@ -80,8 +80,7 @@ class Vfs:
                 self._by_key[handle.key] = node
                 return node
             node.nlookup += 1
-        if node.handle is not handle:
-            self.backend.forget(handle)
+        self.backend.forget(handle)     # the node keeps its own reference
         return node
 
     def forget(self, nodeid: int, nlookup: int) -> None:

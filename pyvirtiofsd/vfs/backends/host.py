@@ -36,12 +36,13 @@ def _proc(fd: int) -> str:
 
 
 class HostInode:
-    __slots__ = ("fd", "key", "ftype")
+    __slots__ = ("fd", "key", "ftype", "refs")
 
     def __init__(self, fd, st):
         self.fd = fd
         self.key = (st.st_dev, st.st_ino)
         self.ftype = stat.S_IFMT(st.st_mode)
+        self.refs = 1               # handed out this many times, not yet forgotten
 
     def __repr__(self):
         return f"HostInode(fd={self.fd}, key={self.key})"
@@ -106,6 +107,10 @@ class HostBackend(Backend):
         os.umask(0)
         fd = os.open(self.root_dir, O_PATH_FLAGS | os.O_DIRECTORY)
         self._root = HostInode(fd, os.fstat(fd))
+        # the inodes handed out and not forgotten, by key: a lookup of one of
+        # them needs only a stat, not an open and a close
+        self._inodes = {}
+        self._inodes_lock = threading.Lock()
 
     # -- inodes ---------------------------------------------------------------------
     def root(self):
@@ -126,14 +131,40 @@ class HostBackend(Backend):
         except BaseException:
             os.close(fd)
             raise
-        return HostInode(fd, st), Attr.from_stat(st)
+        return self._inode(fd, st), Attr.from_stat(st)
+
+    def _inode(self, fd, st):
+        """The handle for the inode that fd (ours to keep or close) holds."""
+        with self._inodes_lock:
+            h = self._inodes.get((st.st_dev, st.st_ino))
+            if h is None:
+                h = self._inodes[st.st_dev, st.st_ino] = HostInode(fd, st)
+                return h
+            h.refs += 1
+        os.close(fd)
+        return h
 
     def lookup(self, ctx, parent, name):
-        return self._open_inode(parent, check_name(name))
+        # the name's inode, if we hold it already: its key cannot belong to
+        # another inode while our descriptor keeps it alive
+        st = os.stat(check_name(name), dir_fd=parent.fd, follow_symlinks=False)
+        with self._inodes_lock:
+            h = self._inodes.get((st.st_dev, st.st_ino))
+            if h is not None:
+                h.refs += 1
+                return h, Attr.from_stat(st)
+        return self._open_inode(parent, name)
 
     def forget(self, handle):
-        if handle is not self._root:
-            os.close(handle.fd)
+        if handle is self._root:
+            return
+        with self._inodes_lock:
+            handle.refs -= 1
+            if handle.refs:
+                return
+            if self._inodes.get(handle.key) is handle:
+                del self._inodes[handle.key]
+        os.close(handle.fd)
 
     def getattr(self, ctx, handle, file=None):
         return Attr.from_stat(os.fstat(file.fd if file is not None else handle.fd))
@@ -292,7 +323,7 @@ class HostBackend(Backend):
         except BaseException:
             os.close(fd)
             raise
-        h = HostInode(pfd, st)
+        h = self._inode(pfd, st)
         return h, Attr.from_stat(st), HostFile(fd, h)
 
     def read(self, ctx, file, offset, views):
