@@ -111,6 +111,8 @@ class HostBackend(Backend):
         # them needs only a stat, not an open and a close
         self._inodes = {}
         self._inodes_lock = threading.Lock()
+        # descriptors are reopened relative to this: a shorter walk than /proc/self/fd/N
+        self._proc_fd = os.open("/proc/self/fd", O_PATH_FLAGS | os.O_DIRECTORY)
 
     # -- inodes ---------------------------------------------------------------------
     def root(self):
@@ -289,7 +291,11 @@ class HostBackend(Backend):
         if h.ftype not in (stat.S_IFREG, stat.S_IFDIR):
             # fifos would block a worker, device nodes reach host devices
             raise OSError(errno.ENXIO, "special files are not opened on the host")
-        return os.open(_proc(h.fd), (flags & ~DROP_OPEN_FLAGS) | os.O_CLOEXEC)
+        return self._reopen_fd(h.fd, (flags & ~DROP_OPEN_FLAGS) | os.O_CLOEXEC)
+
+    def _reopen_fd(self, fd, flags):
+        """Open what fd holds, through its magic link (not a path walk)."""
+        return os.open(str(fd), flags, dir_fd=self._proc_fd)
 
     def open(self, ctx, h, flags):
         return HostFile(self._reopen(h, flags), h)
@@ -318,7 +324,7 @@ class HostBackend(Backend):
     def _inode_of_open(self, fd):
         try:
             # follow the magic link (no O_NOFOLLOW): it names the file just opened
-            pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
+            pfd = self._reopen_fd(fd, os.O_PATH | os.O_CLOEXEC)
             st = os.fstat(pfd)
         except BaseException:
             os.close(fd)
@@ -361,7 +367,7 @@ class HostBackend(Backend):
     def opendir(self, ctx, h, flags):
         if h.ftype != stat.S_IFDIR:
             raise OSError(errno.ENOTDIR, "not a directory")
-        return HostDir(os.open(_proc(h.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), h)
+        return HostDir(self._reopen_fd(h.fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), h)
 
     def readdir(self, ctx, d, offset):
         # a snapshot per opendir (and per rewind) keeps cookies stable
@@ -421,6 +427,7 @@ class HostBackend(Backend):
 
     def destroy(self):
         os.close(self._root.fd)
+        os.close(self._proc_fd)
 
 
 def _dtype(entry) -> int:
