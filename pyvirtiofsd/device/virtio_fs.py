@@ -52,7 +52,7 @@ class QueueWorker(threading.Thread):
         stop = self.stop_fd
         try:
             while True:
-                for fd, _ in poller.poll():
+                for fd, _ in poller.poll(-1, 2):      # (room for our two fds, not the default 1023)
                     if fd == stop:
                         return
                     if not self.broken:
