@@ -167,15 +167,15 @@ class FuseServer:
             writer.patch(0, abi.OUT_HEADER.pack(n, 0, unique))
             return n
         if complete is None:
-            return self._reply(run, (), opcode, unique, writer)
-        threading.Thread(target=lambda: complete(self._reply(run, (), opcode, unique, writer)),
+            return self._reply(run, opcode, unique, writer)
+        threading.Thread(target=lambda: complete(self._reply(run, opcode, unique, writer)),
                          name=f"wait-{unique}", daemon=True).start()
         return DEFERRED
 
-    def _reply(self, call, args, opcode, unique, writer):
-        """Run the operation; turn its outcome into the reply header."""
+    def _reply(self, call, opcode, unique, writer):
+        """Run a request that had to wait; turn its outcome into the reply header."""
         try:
-            call(*args)
+            call()
         except _Wait:
             raise
         except Exception as e:

@@ -135,14 +135,22 @@ class HostBackend(Backend):
             raise
         return self._inode(fd, st), Attr.from_stat(st)
 
+    def _held(self, key):
+        """Our handle of the inode key, with one more reference; None if we
+        hold none. Call with _inodes_lock held."""
+        h = self._inodes.get(key)
+        if h is not None:
+            h.refs += 1
+        return h
+
     def _inode(self, fd, st):
         """The handle for the inode that fd (ours to keep or close) holds."""
+        key = (st.st_dev, st.st_ino)
         with self._inodes_lock:
-            h = self._inodes.get((st.st_dev, st.st_ino))
+            h = self._held(key)
             if h is None:
-                h = self._inodes[st.st_dev, st.st_ino] = HostInode(fd, st)
+                h = self._inodes[key] = HostInode(fd, st)
                 return h
-            h.refs += 1
         os.close(fd)
         return h
 
@@ -151,10 +159,9 @@ class HostBackend(Backend):
         # another inode while our descriptor keeps it alive
         st = os.stat(check_name(name), dir_fd=parent.fd, follow_symlinks=False)
         with self._inodes_lock:
-            h = self._inodes.get((st.st_dev, st.st_ino))
-            if h is not None:
-                h.refs += 1
-                return h, Attr.from_stat(st)
+            h = self._held((st.st_dev, st.st_ino))
+        if h is not None:
+            return h, Attr.from_stat(st)
         return self._open_inode(parent, name)
 
     def forget(self, handle):
