@@ -10,7 +10,10 @@ with different numbers of rounds; the difference divided by the extra
 requests is the cost of one request, with start-up cancelled out. User-space
 instructions only: the system calls' kernel side is not counted.
 
-    python bench/instructions.py [getattr lookup read write]
+    python bench/instructions.py [getattr lookup read write read1m write1m]
+
+read1m and write1m move 1 MiB in 256 pages that are not adjacent, as a
+direct-I/O READ or WRITE of a guest process's buffer arrives.
 
 Needs valgrind (apt install valgrind). In-process and hot: under a guest
 each request also pays for waking the worker and for cold caches, which
@@ -32,10 +35,12 @@ from pyvirtiofsd.vfs.backend import ROOT_CTX                      # noqa: E402
 from pyvirtiofsd.vfs.backends.host import HostBackend             # noqa: E402
 from pyvirtiofsd.vfs.vfs import Vfs                               # noqa: E402
 
-KINDS = ("getattr", "lookup", "read", "write")
+KINDS = ("getattr", "lookup", "read", "write", "read1m", "write1m")
 CHAINS = 64                     # chains published per round, served in one drain
+BIG_CHAINS = 8                  # (for the 1 MiB kinds)
+PAGE = 4096
 ROUNDS = (5, 25)
-MEM = 16 << 20
+MEM = 48 << 20
 RING = 256
 DESC = struct.Struct("<QIHH")
 
@@ -63,14 +68,25 @@ def _requests(kind, nodeid, fh):
     if kind == "write":
         body = abi.WRITE_IN.pack(fh, 4096, 4096, 0, 0, 0, 0)
         return [header(abi.WRITE, nodeid, len(body) + 4096), body, b"y" * 4096], [16, abi.WRITE_OUT.size]
+    if kind == "read1m":
+        body = abi.READ_IN.pack(fh, 0, 1 << 20, 0, 0, 0, 0)
+        return [header(abi.READ, nodeid, len(body)), body], [16] + [PAGE] * 256
+    if kind == "write1m":
+        body = abi.WRITE_IN.pack(fh, 0, 1 << 20, 0, 0, 0, 0)
+        pages = [b"y" * PAGE] * 256
+        return [header(abi.WRITE, nodeid, len(body) + (1 << 20)), body, *pages], [16, abi.WRITE_OUT.size]
     return [], []               # "none": publishing only, subtracted from the others
 
 
+def chains_of(kind):
+    return BIG_CHAINS if kind.endswith("1m") else CHAINS
+
+
 def child(kind, rounds):
-    """Set up a ring and a server, then serve `rounds` drains of CHAINS chains."""
+    """Set up a ring and a server, then serve `rounds` drains of chains_of(kind) chains."""
     share = tempfile.mkdtemp(prefix="pyvfs-instr-")
     with open(os.path.join(share, "f"), "wb") as f:
-        f.write(b"x" * 65536)
+        f.write(b"x" * (2 << 20))
     server = FuseServer(Vfs(HostBackend(share), cache="never"))
     server.initialized = True
     nodeid, _ = server.vfs.lookup(ROOT_CTX, abi.ROOT_ID, b"f")
@@ -84,16 +100,27 @@ def child(kind, rounds):
     vq.attach(mem)
     worker = virtio_fs.QueueWorker(_Device(server), vq)
     parts, outs = _requests(kind, nodeid, fh)
+    chains = chains_of(kind)
+
+    def place(n):
+        """Room for a buffer of n bytes, not adjacent to the one before:
+        pages on a page boundary, anything else 64-byte aligned."""
+        nonlocal heap
+        if n >= PAGE:
+            heap = (heap + 2 * PAGE - 1) & -PAGE
+        addr = heap
+        heap += (n + 64) & ~63
+        return addr
+
     heap = 0x10000
-    for head in range(CHAINS):              # buffers 64-byte aligned: no two are adjacent
+    for head in range(chains):
         descs = []
         for data in parts:
-            guest[heap:heap + len(data)] = data
-            descs.append((heap, len(data), F_NEXT))
-            heap += (len(data) + 64) & ~63
+            addr = place(len(data))
+            guest[addr:addr + len(data)] = data
+            descs.append((addr, len(data), F_NEXT))
         for n in outs:
-            descs.append((heap, n, F_NEXT | F_WRITE))
-            heap += (n + 64) & ~63
+            descs.append((place(n), n, F_NEXT | F_WRITE))
         if not descs:
             continue
         descs[-1] = descs[-1][:2] + (descs[-1][2] & ~F_NEXT,)
@@ -104,7 +131,7 @@ def child(kind, rounds):
         DESC.pack_into(guest, 16 * head, table, 16 * len(descs), F_INDIRECT, 0)
     avail16, idx = vq.avail16, 0
     for _ in range(rounds):
-        for head in range(CHAINS):
+        for head in range(chains):
             avail16[2 + idx % RING] = head
             idx = (idx + 1) & 0xFFFF
         avail16[1] = idx
@@ -113,7 +140,7 @@ def child(kind, rounds):
         else:
             vq.last_avail = idx
         if kind == "lookup":
-            server.vfs.forget(nodeid, CHAINS)
+            server.vfs.forget(nodeid, chains)
         if parts and vq.used_elems[0] >> 32 <= abi.OUT_HEADER.size:       # (id, len) of the first
             raise SystemExit(f"{kind}: the request failed (reply of {vq.used_elems[0] >> 32} bytes)")
 
@@ -132,7 +159,7 @@ def count(kind, rounds):
 
 def per_request(kind):
     lo, hi = ROUNDS
-    return (count(kind, hi) - count(kind, lo)) / ((hi - lo) * CHAINS)
+    return (count(kind, hi) - count(kind, lo)) / ((hi - lo) * chains_of(kind))
 
 
 def main(argv):

@@ -21,6 +21,11 @@ def _byte_views(bufs):
             for b in bufs]
 
 
+def _rest(bufs, idx, off):
+    """Everything from (idx, off) on, as views, without walking the list."""
+    return bufs[idx:] if not off else [bufs[idx][off:], *bufs[idx + 1:]]
+
+
 def _take(bufs, idx, off, n):
     """Collect up to n bytes as views starting at (idx, off); return views, idx, off."""
     out = []
@@ -95,9 +100,8 @@ class Reader:
     def views(self, n: int):
         """Up to n bytes as memoryviews without copying (for pwritev)."""
         if n >= self._left:                 # the rest (a WRITE's data): no walk
-            idx, off, bufs = self._idx, self._off, self._bufs
-            views = bufs[idx:] if not off else [bufs[idx][off:], *bufs[idx + 1:]]
-            self._idx, self._off, self._left = len(bufs), 0, 0
+            views = _rest(self._bufs, self._idx, self._off)
+            self._idx, self._off, self._left = len(self._bufs), 0, 0
             return views
         views, self._idx, self._off = _take(self._bufs, self._idx, self._off, n)
         self._left -= n
@@ -168,9 +172,9 @@ class Writer:
         if n <= 0:
             return []
         self.written += n
-        idx, off = self._idx, self._off
-        if idx < len(self._bufs):           # within the current buffer (a reply header, a page)
-            b = self._bufs[idx]
+        idx, off, bufs = self._idx, self._off, self._bufs
+        if idx < len(bufs):                 # within the current buffer (a reply header, a page)
+            b = bufs[idx]
             left = len(b) - off
             if left > n:
                 self._off = off + n
@@ -178,7 +182,10 @@ class Writer:
             if left == n:
                 self._idx, self._off = idx + 1, 0
                 return [b[off:] if off else b]
-        views, self._idx, self._off = _take(self._bufs, idx, off, n)
+            if self.written == self.capacity:   # all the rest (a big READ): no walk
+                self._idx, self._off = len(bufs), 0
+                return _rest(bufs, idx, off)
+        views, self._idx, self._off = _take(bufs, idx, off, n)
         return views
 
     def truncate(self, length: int) -> None:
