@@ -373,7 +373,7 @@ def _model_walk(entries, mem_size):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([0x40000, 0x40100, 0x40108, HALF - 8, MEM - 8, MEM + 8]),
+@given(st.lists(st.tuples(st.sampled_from([0x40000, 0x40100, 0x40108, HALF - 8, HALF - 1, MEM - 8, MEM + 8]),
                           st.integers(0, 16),
                           st.sampled_from([0, F_NEXT, F_WRITE, F_WRITE | F_NEXT, F_NEXT | F_INDIRECT]),
                           st.integers(0, 9)),

@@ -34,6 +34,7 @@ DESC = struct.Struct("<QIHH")      # addr len flags next
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
 AVAIL_F_NO_INTERRUPT = 1
 MAX_QUEUE_SIZE = 32768
+_NO_VIEW = -(1 << 65)              # below any offset a guest address can give
 
 
 class BadChain(Exception):
@@ -148,26 +149,27 @@ class Virtqueue:
         base, size, view = region.gpa, region.size, region.view
         readable, writable = [], []
         out = readable
-        end = -1                         # where the last view ends (guest address)
+        stop = _NO_VIEW                  # where the last view ends (offset in the region)
         expect = 1
         for addr, length, flags, nxt in DESC.iter_unpack(table):
             # flags: 1 = NEXT (readable, more follow), 3 = NEXT|WRITE, 0 and 2: the last one
             if flags & 2:
                 if out is readable:
-                    out, end = writable, -1
+                    out, stop = writable, _NO_VIEW
             elif out is writable:
                 break
-            if addr == end:                  # adjacent to the last buffer: one view
-                end += length
-                if end - base > size:
+            start = addr - base
+            if start == stop:                # adjacent to the last buffer: one view
+                stop += length
+                if stop > size:
                     break
-                out[-1] = view[start:end - base]
+                out[-1] = view[first:stop]
             else:
-                start = addr - base
-                end = addr + length
-                if start < 0 or end - base > size or not length:
+                first = start
+                stop = start + length
+                if start < 0 or stop > size or not length:
                     break
-                out.append(view[start:end - base])
+                out.append(view[start:stop])
             if flags == 1 or flags == 3:
                 if nxt != expect:
                     break
