@@ -1,8 +1,12 @@
 # Everything installs itself: `make test` and `make demo` work on a fresh machine.
-PY      ?= python3
+# The venv's interpreter: Debian's own CPython when it is 3.11 or newer, else
+# the python3 on PATH. Debian builds it with PGO and LTO and links it
+# statically; a plain source build (pyenv's) serves a request 15-25 % slower.
+SYSTEM_PY := /usr/bin/python3
+PY      ?= $(shell $(SYSTEM_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $(SYSTEM_PY) || echo python3)
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-APT_PKGS := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio cpio attr acl kmod gcc libc6-dev
+APT_PKGS := qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio cpio attr acl kmod gcc libc6-dev python3-venv
 
 .PHONY: test demo deps venv bench clean
 
