@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -235,12 +236,10 @@ def fmt(x):
 
 def best_of(runs):
     """Per workload the run with the least time per operation; per phase the least CPU."""
-    def per_op(t):
-        return t["seconds"] / t["ops"] if t["ops"] else t["seconds"]
     timings = {}
     for r in runs:
         for name, t in r["timings"].items():
-            if name not in timings or per_op(t) < per_op(timings[name]):
+            if name not in timings or per_op_seconds(t) < per_op_seconds(timings[name]):
                 timings[name] = t
     groups = {}
     for r in runs:
@@ -248,6 +247,46 @@ def best_of(runs):
             if g not in groups or v["cpu"] / (v["requests"] or 1) < groups[g]["cpu"] / (groups[g]["requests"] or 1):
                 groups[g] = v
     return {"timings": timings, "groups": groups}
+
+
+def per_op_seconds(t):
+    """Time per operation (the fixed-time fio run differs in operations, not seconds)."""
+    return t["seconds"] / t["ops"] if t["ops"] else t["seconds"]
+
+
+def cpu_per_request(ours, ref, g):
+    """(ours, reference) CPU µs per request in phase g; the reference is taken
+    to serve our count, scaled by its operations where a fixed-time workload
+    lets them differ (fio). None where a phase is missing."""
+    go, gr = ours.get("groups", {}).get(g), ref.get("groups", {}).get(g)
+    if not go or not go["requests"]:
+        return None, None
+    n = go["requests"]
+    scale = _ops_ratio(ref, ours, "rand_rw_4k") if g == "rand" else 1.0
+    return go["cpu"] / n * 1e6, (gr["cpu"] / (n * scale) * 1e6 if gr else None)
+
+
+def paired(runs, ratio_of):
+    """The machine drifts by tens of per cent over minutes, and a best-of
+    can pair one daemon's lucky minute with the other's unlucky one. Runs
+    of the same round are minutes apart: their ratios, as "median (each
+    round)", or "—"."""
+    rs = [ratio_of(o, r) for o, r in zip(runs.get("ours_runs", []), runs.get("reference_runs", []))]
+    rs = [x for x in rs if x is not None]
+    if not rs:
+        return "—"
+    return f"{statistics.median(rs):.2f} ({', '.join(f'{x:.2f}' for x in rs)})"
+
+
+def _wall_ratio(name):
+    def of(o, r):
+        to, tr = o["timings"].get(name), r["timings"].get(name)
+        return ratio(per_op_seconds(to), per_op_seconds(tr)) if to and tr else None
+    return of
+
+
+def _cpu_ratio(g):
+    return lambda o, r: ratio(*cpu_per_request(o, r, g))
 
 
 def _ops_ratio(a, b, name):
@@ -259,36 +298,33 @@ def _ops_ratio(a, b, name):
 def markdown(data):
     lines = [f"# Benchmark {data['stamp']}", "",
              f"Guest: {data['kernel']}, QEMU accel {data['accel']}, sizes `{data['size']}`. "
-             "Ratios are ours / reference of the time per operation (below 1: we are faster).", ""]
+             "Ratios are ours / reference of the time per operation (below 1: we are faster). "
+             "Best of: each daemon's best run per workload. Paired: the ratio within each round "
+             "(a run of each daemon, minutes apart), median and each round.", ""]
     for cache, runs in data["guest"].items():
         ours, ref = runs["ours"], runs["reference"]
-        lines += [f"## cache={cache}", "", "| workload | ours s | reference s | ops ours / ref | ratio |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## cache={cache}", "",
+                  "| workload | ours s | reference s | ops ours / ref | ratio, best of | paired |",
+                  "|---|---|---|---|---|---|"]
         for name in sorted(set(ours["timings"]) & set(ref["timings"])):
             (a, ao), (b, bo) = [(t[name]["seconds"], t[name]["ops"]) for t in (ours["timings"], ref["timings"])]
-            # time per operation: the fixed-time fio run differs in ops, not in seconds
-            r = ratio(a / ao, b / bo) if ao and bo else ratio(a, b)
-            lines.append(f"| {name} | {a:.3f} | {b:.3f} | {ao} / {bo} | {fmt(r)} |")
+            r = ratio(per_op_seconds(ours["timings"][name]), per_op_seconds(ref["timings"][name]))
+            lines.append(f"| {name} | {a:.3f} | {b:.3f} | {ao} / {bo} | {fmt(r)} | {paired(runs, _wall_ratio(name))} |")
         # ours with two request queues against the reference with its one
         ours2 = runs.get("ours_2q", {})
         for name, a in sorted(ours2.get("timings", {}).items()):
             b = ref["timings"].get(name, {}).get("seconds")
             lines.append(f"| {name}, ours with 2 request queues | {a['seconds']:.3f} | "
-                         f"{'—' if b is None else f'{b:.3f}'} | | {fmt(ratio(a['seconds'], b))} |")
-        lines += ["", "| phase | requests (ours) | ours CPU µs/req | reference CPU µs/req (est.) | ratio |",
-                  "|---|---|---|---|---|"]
+                         f"{'—' if b is None else f'{b:.3f}'} | | {fmt(ratio(a['seconds'], b))} | |")
+        lines += ["", "| phase | requests (ours) | ours CPU µs/req | reference CPU µs/req (est.) | ratio, best of | paired |",
+                  "|---|---|---|---|---|---|"]
         phases = [(g, g, ours, ref) for g in GROUPS] + [("par", "par, ours with 2 request queues", ours2, ref)]
         for g, label, o, r in phases:
-            go, gr = o.get("groups", {}).get(g), r.get("groups", {}).get(g)
-            if not go or not go["requests"]:
+            a, b = cpu_per_request(o, r, g)
+            if a is None:
                 continue
-            n = go["requests"]
-            a = go["cpu"] / n * 1e6
-            # the reference is taken to serve our count, scaled by its operations
-            # where a fixed-time workload lets them differ (fio)
-            scale = _ops_ratio(ref, o, "rand_rw_4k") if g == "rand" else 1.0
-            b = gr["cpu"] / (n * scale) * 1e6 if gr else None
-            lines.append(f"| {label} | {n} | {a:.1f} | {fmt(b)} | {fmt(ratio(a, b))} |")
+            pair = paired(runs, _cpu_ratio(g)) if o is ours else ""
+            lines.append(f"| {label} | {o['groups'][g]['requests']} | {a:.1f} | {fmt(b)} | {fmt(ratio(a, b))} | {pair} |")
         lines.append("")
     if data.get("host"):
         k, o = data["host"]["kernel"], data["host"]["ours"]
