@@ -1,7 +1,7 @@
 # Everything installs itself: `make test` and `make demo` work on a fresh machine.
 # The venv's interpreter: Debian's own CPython when it is 3.11 or newer, else
 # the python3 on PATH. Debian builds it with PGO and LTO and links it
-# statically; a plain source build (pyenv's) serves a request 15-25 % slower.
+# statically; a plain source build (pyenv's) serves a request 10-20 % slower.
 SYSTEM_PY := /usr/bin/python3
 PY      ?= $(shell $(SYSTEM_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $(SYSTEM_PY) || echo python3)
 VENV    := .venv
