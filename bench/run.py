@@ -350,8 +350,8 @@ def main(argv=None):
     ap.add_argument("--cache", action="append", choices=["never", "auto", "always"])
     ap.add_argument("--no-host", action="store_true", help="skip the /dev/fuse host comparison")
     ap.add_argument("--out", default=RESULTS)
-    ap.add_argument("--repeat", type=int, default=2,
-                    help="boots per daemon and cache mode; the best of them counts (TCG is noisy)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds per cache mode, a boot of each daemon per round (TCG is noisy: three give a median)")
     args = ap.parse_args(argv)
     sizes = SIZES[args.size]
     fsbench = fsbench_binary()
