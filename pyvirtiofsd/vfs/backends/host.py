@@ -157,7 +157,8 @@ class HostBackend(Backend):
     def lookup(self, ctx, parent, name):
         # the name's inode, if we hold it already: its key cannot belong to
         # another inode while our descriptor keeps it alive
-        st = os.stat(check_name(name), dir_fd=parent.fd, follow_symlinks=False)
+        name = check_name(name)
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         with self._inodes_lock:
             h = self._held((st.st_dev, st.st_ino))
         if h is not None:
