@@ -165,7 +165,7 @@ def test_negative_lookups_are_cached_per_layer(base):
     h, _, f, _ = ovl.create(ROOT_CTX, root, b"absent", 0o644, os.O_WRONLY | os.O_CREAT)
     ovl.release(ROOT_CTX, f)
     h2, attr = ovl.lookup(ROOT_CTX, root, b"absent")
-    assert stat.S_ISREG(attr.mode)
+    assert stat.S_ISREG(attr.st_mode)
     for layer in ovl.lowers:
         layer.invalidate()
     ovl.unlink(ROOT_CTX, root, b"absent")

@@ -84,11 +84,11 @@ def _split_timeout(t: float):
 
 def _packed_attr(a):
     """An Attr as a packed fuse_attr."""
-    asec, ansec = divmod(a.atime_ns, 1_000_000_000)
-    msec, mnsec = divmod(a.mtime_ns, 1_000_000_000)
-    csec, cnsec = divmod(a.ctime_ns, 1_000_000_000)
-    return abi.ATTR.pack(a.ino, a.size, a.blocks, asec & _u64, msec & _u64, csec & _u64, ansec, mnsec, cnsec,
-                         a.mode, a.nlink, a.uid, a.gid, encode_dev(a.rdev) if a.rdev else 0, a.blksize, 0)
+    asec, ansec = divmod(a.st_atime_ns, 1_000_000_000)
+    msec, mnsec = divmod(a.st_mtime_ns, 1_000_000_000)
+    csec, cnsec = divmod(a.st_ctime_ns, 1_000_000_000)
+    return abi.ATTR.pack(a.st_ino, a.st_size, a.st_blocks, asec & _u64, msec & _u64, csec & _u64, ansec, mnsec, cnsec,
+                         a.st_mode, a.st_nlink, a.st_uid, a.st_gid, encode_dev(a.st_rdev) if a.st_rdev else 0, a.st_blksize, 0)
 
 
 class FuseServer:

@@ -23,7 +23,7 @@ import threading
 from contextlib import contextmanager
 
 from ... import syscalls
-from ..backend import NOW, Attr, Backend, Capabilities, Consistency, DirEntry, StatFs
+from ..backend import NOW, Backend, Capabilities, Consistency, DirEntry, StatFs
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # flags the guest may not pass through to the host open
@@ -133,7 +133,7 @@ class HostBackend(Backend):
         except BaseException:
             os.close(fd)
             raise
-        return self._inode(fd, st), Attr.from_stat(st)
+        return self._inode(fd, st), st
 
     def _held(self, key):
         """Our handle of the inode key, with one more reference; None if we
@@ -162,7 +162,7 @@ class HostBackend(Backend):
         with self._inodes_lock:
             h = self._held((st.st_dev, st.st_ino))
         if h is not None:
-            return h, Attr.from_stat(st)
+            return h, st
         return self._open_inode(parent, name)
 
     def forget(self, handle):
@@ -177,7 +177,7 @@ class HostBackend(Backend):
         os.close(handle.fd)
 
     def getattr(self, ctx, handle, file=None):
-        return Attr.from_stat(os.fstat(file.fd if file is not None else handle.fd))
+        return os.fstat(file.fd if file is not None else handle.fd)
 
     def setattr(self, ctx, h, file, ch):
         if ch.mode is not None:
@@ -197,7 +197,7 @@ class HostBackend(Backend):
                                None if ch.mtime in (None, NOW) else ch.mtime,
                                syscalls.AT_EMPTY_PATH | syscalls.AT_SYMLINK_NOFOLLOW,
                                atime_now=ch.atime is NOW, mtime_now=ch.mtime is NOW)
-        return Attr.from_stat(os.fstat(h.fd))
+        return os.fstat(h.fd)
 
     def _truncate(self, h, file, size):
         if file is not None:
@@ -338,7 +338,7 @@ class HostBackend(Backend):
             os.close(fd)
             raise
         h = self._inode(pfd, st)
-        return h, Attr.from_stat(st), HostFile(fd, h)
+        return h, st, HostFile(fd, h)
 
     def read(self, ctx, file, offset, views):
         return os.preadv(file.fd, views, offset) if views else 0

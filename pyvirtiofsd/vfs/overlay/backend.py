@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import replace
 
-from ..backend import ROOT_CTX, Backend, Capabilities
+from ..backend import ROOT_CTX, Attr, Backend, Capabilities
 from . import dirops, readdir
 from .copy_up import copy_up
 from .fileops import OvlFile, copy_file_range, open_file
@@ -48,7 +48,7 @@ class OverlayBackend(Backend):
                 if layer.is_opaque(layer.root()):
                     break
         attr = self.upper.backend.getattr(ROOT_CTX, uroot)
-        root = OvlInode(("root",), attr.ino, stat.S_IFDIR, uroot, lowers, None, b"")
+        root = OvlInode(("root",), attr.st_ino, stat.S_IFDIR, uroot, lowers, None, b"")
         root.pins = ROOT_PINS
         return root
 
@@ -73,14 +73,15 @@ class OverlayBackend(Backend):
 
     def _attr(self, inode):
         if inode.upper is not None:
-            a = self.upper.backend.getattr(ROOT_CTX, inode.upper)
+            real = self.upper.backend.getattr(ROOT_CTX, inode.upper)
         else:
             layer, h = inode.lowers[0]
-            a = layer.backend.getattr(ROOT_CTX, h)
-        a.ino = inode.ino
+            real = layer.backend.getattr(ROOT_CTX, h)
+        a = Attr.from_stat(real)        # (a layer may give its own os.stat_result)
+        a.st_ino = inode.ino
         merged = inode.lowers and (inode.upper is not None or len(inode.lowers) > 1)
         if inode.is_dir() and merged:
-            a.nlink = 1            # as the kernel: subdirectories of merged dirs are not counted
+            a.st_nlink = 1            # as the kernel: subdirectories of merged dirs are not counted
         return a
 
     def _real(self, inode):

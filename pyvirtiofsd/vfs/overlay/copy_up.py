@@ -29,7 +29,7 @@ def copy_up(ovl, inode, meta_only=False):
     copy_up(ovl, parent)
     layer, lh = inode.lowers[0]
     attr = layer.backend.getattr(ROOT_CTX, lh)
-    meta_only = meta_only and ovl.metacopy and stat.S_ISREG(attr.mode)
+    meta_only = meta_only and ovl.metacopy and stat.S_ISREG(attr.st_mode)
     ptimes = ovl.upper.backend.getattr(ROOT_CTX, parent.upper)
     uh = _stage(ovl, layer, lh, attr, inode.name, meta_only, parent.upper)
     inode.upper, inode.metacopy = uh, meta_only
@@ -55,18 +55,18 @@ def _stage(ovl, layer, lh, attr, name, meta_only, upper_parent):
 
 def _create_copy(ovl, layer, lh, attr, tmp, meta_only):
     ub, work = ovl.upper.backend, ovl.work.handle
-    ftype = stat.S_IFMT(attr.mode)
+    ftype = stat.S_IFMT(attr.st_mode)
     if ftype == stat.S_IFDIR:
         return ub.mkdir(ROOT_CTX, work, tmp, 0o700)[0]
     if ftype == stat.S_IFLNK:
         return ub.symlink(ROOT_CTX, work, tmp, layer.backend.readlink(ROOT_CTX, lh))[0]
     if ftype != stat.S_IFREG:
-        return ub.mknod(ROOT_CTX, work, tmp, ftype | 0o600, attr.rdev)[0]
+        return ub.mknod(ROOT_CTX, work, tmp, ftype | 0o600, attr.st_rdev)[0]
     uh, _, uf, _ = ub.create(ROOT_CTX, work, tmp, 0o600, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
         if not meta_only:
-            copy_data(layer.backend, lh, ub, uf, attr.size)
-        ub.setattr(ROOT_CTX, uh, uf, SetAttr(size=attr.size))
+            copy_data(layer.backend, lh, ub, uf, attr.st_size)
+        ub.setattr(ROOT_CTX, uh, uf, SetAttr(size=attr.st_size))
     finally:
         ub.release(ROOT_CTX, uf)
     return uh
@@ -123,14 +123,14 @@ def _copy_xattrs(ovl, layer, lh, uh):
 def _copy_attrs(ovl, uh, attr):
     ub = ovl.upper.backend
     # owner before mode: a chown clears setuid/setgid
-    ub.setattr(ROOT_CTX, uh, None, SetAttr(uid=attr.uid, gid=attr.gid))
-    if not stat.S_ISLNK(attr.mode):
-        ub.setattr(ROOT_CTX, uh, None, SetAttr(mode=stat.S_IMODE(attr.mode)))
+    ub.setattr(ROOT_CTX, uh, None, SetAttr(uid=attr.st_uid, gid=attr.st_gid))
+    if not stat.S_ISLNK(attr.st_mode):
+        ub.setattr(ROOT_CTX, uh, None, SetAttr(mode=stat.S_IMODE(attr.st_mode)))
     _set_times(ovl, uh, attr)
 
 
 def _set_times(ovl, uh, attr):
-    ovl.upper.backend.setattr(ROOT_CTX, uh, None, SetAttr(atime=attr.atime_ns, mtime=attr.mtime_ns))
+    ovl.upper.backend.setattr(ROOT_CTX, uh, None, SetAttr(atime=attr.st_atime_ns, mtime=attr.st_mtime_ns))
 
 
 def _copy_up_data(ovl, inode):
@@ -139,13 +139,13 @@ def _copy_up_data(ovl, inode):
     layer, lh = inode.lowers[0]
     ub = ovl.upper.backend
     attr = ub.getattr(ROOT_CTX, inode.upper)
-    size = layer.backend.getattr(ROOT_CTX, lh).size
+    size = layer.backend.getattr(ROOT_CTX, lh).st_size
     tmp = ovl.work.tmpname()
     try:
         uh, _, uf, _ = ub.create(ROOT_CTX, ovl.work.handle, tmp, 0o600, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
-            copy_data(layer.backend, lh, ub, uf, min(size, attr.size))
-            ub.setattr(ROOT_CTX, uh, uf, SetAttr(size=attr.size))
+            copy_data(layer.backend, lh, ub, uf, min(size, attr.st_size))
+            ub.setattr(ROOT_CTX, uh, uf, SetAttr(size=attr.st_size))
         finally:
             ub.release(ROOT_CTX, uf)
         _copy_xattrs(ovl, ovl.upper, inode.upper, uh)

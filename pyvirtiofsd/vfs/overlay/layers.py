@@ -81,10 +81,10 @@ class Layer:
             raise
 
     def is_whiteout(self, handle, attr) -> bool:
-        if stat.S_ISCHR(attr.mode) and attr.rdev == 0:
+        if stat.S_ISCHR(attr.st_mode) and attr.st_rdev == 0:
             return True
         # the xattr form: an empty regular file marked overlay.whiteout
-        return (stat.S_ISREG(attr.mode) and attr.size == 0
+        return (stat.S_ISREG(attr.st_mode) and attr.st_size == 0
                 and self.getxattr(handle, self.names.whiteout) is not None)
 
     def is_opaque(self, handle) -> bool:
@@ -94,4 +94,4 @@ class Layer:
         return self.getxattr(handle, self.names.redirect)
 
     def is_metacopy(self, handle, attr) -> bool:
-        return stat.S_ISREG(attr.mode) and self.getxattr(handle, self.names.metacopy) is not None
+        return stat.S_ISREG(attr.st_mode) and self.getxattr(handle, self.names.metacopy) is not None

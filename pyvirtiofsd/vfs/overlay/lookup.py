@@ -44,7 +44,7 @@ class Found:
 
 
 def _is_dir(attr):
-    return stat.S_ISDIR(attr.mode)
+    return stat.S_ISDIR(attr.st_mode)
 
 
 def resolve(ovl, parent, name):
@@ -133,9 +133,9 @@ def inode_for(ovl, parent, name, found):
     key = found.key()
     if found.lowers:
         layer, _, a = found.lowers[0]
-        ino = xino(layer.index, a.ino)
+        ino = xino(layer.index, a.st_ino)
     else:
-        ino = found.upper[1].ino
+        ino = found.upper[1].st_ino
     upper_h = found.upper[0] if found.upper else None
     inode = table.find(key, upper_h)
     if inode is not None:
@@ -151,7 +151,7 @@ def inode_for(ovl, parent, name, found):
         return inode
     attr = found.top_attr()
     lowers = [(layer, h) for layer, h, _ in found.lowers]
-    inode = OvlInode(key, ino, stat.S_IFMT(attr.mode), upper_h, lowers, parent, name)
+    inode = OvlInode(key, ino, stat.S_IFMT(attr.st_mode), upper_h, lowers, parent, name)
     inode.opaque, inode.metacopy = found.opaque, found.metacopy
     inode.lowerpath = lower_path(parent, name, found.redirect)
     table.add(inode)

@@ -86,7 +86,7 @@ class WorkArea:
                 return
             raise
         try:
-            if stat.S_ISDIR(a.mode):
+            if stat.S_ISDIR(a.st_mode):
                 for n in self.names_in(h):
                     self.purge(n, h)
                 b.rmdir(ROOT_CTX, parent, name)
