@@ -34,6 +34,9 @@ def build_parser():
     p.add_argument("--thread-pool-size", type=int, default=0, metavar="N",
                    help="threads serving each request queue (0: the queue's own worker; "
                         "/dev/fuse: worker threads, default 2)")
+    p.add_argument("--readdirplus", dest="readdirplus", action="store_true", default=None,
+                   help="offer READDIRPLUS (the default, but with --cache never)")
+    p.add_argument("--no-readdirplus", dest="readdirplus", action="store_false")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info")
     p.add_argument("--xattr", dest="xattr", action="store_true", default=True, help="support xattrs (default)")
     p.add_argument("--no-xattr", dest="xattr", action="store_false")
@@ -116,7 +119,8 @@ def main(argv=None) -> int:
     from .vfs.vfs import Vfs
 
     backend = make_backend(args)
-    server = FuseServer(Vfs(backend, cache=args.cache), log_requests=args.log_level == "trace")
+    server = FuseServer(Vfs(backend, cache=args.cache), log_requests=args.log_level == "trace",
+                        readdirplus=args.readdirplus)
     log.info("exporting %s backend %s (cache=%s)", args.backend, args.shared_dir or "", args.cache)
     # bench/ asks for the request count between workloads
     signal.signal(signal.SIGUSR1, lambda *_: log.info("requests served: %d", server.requests))

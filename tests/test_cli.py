@@ -39,3 +39,10 @@ def test_help_lists_the_virtiofsd_options():
     for opt in ("--socket-path", "--shared-dir", "--tag", "--cache", "--thread-pool-size",
                 "--log-level", "--fd", "--print-capabilities", "--mount"):
         assert opt in out
+
+
+@pytest.mark.parametrize("flag, want", [([], None), (["--readdirplus"], True), (["--no-readdirplus"], False)])
+def test_readdirplus_flags(flag, want):
+    """None leaves it to the cache mode (see test_server)."""
+    from pyvirtiofsd.cli import parse_args
+    assert parse_args(["--shared-dir", "/tmp", "--socket-path", "/tmp/s", *flag]).readdirplus is want

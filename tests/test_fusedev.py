@@ -262,3 +262,35 @@ def test_in_process_mount_of_host_backend(tmp_path):
         for i in range(100):
             os.stat(os.path.join(m, "big"))
         assert time.monotonic() - before < 10
+
+
+@pytest.mark.parametrize("cache, plus", [("never", False), ("auto", True)])
+def test_the_kernel_lists_with_readdirplus_only_where_offered(tmp_path, cache, plus):
+    """The host kernel, told at INIT, sends READDIR (cache=never) or
+    READDIRPLUS (cache=auto), and either way lists what the host has."""
+    from pyvirtiofsd.protocol.server import FuseServer
+    from pyvirtiofsd.vfs.backends.host import HostBackend
+    from pyvirtiofsd.vfs.vfs import Vfs
+    calls = {"readdir": 0, "readdirplus": 0}
+
+    class Counting(FuseServer):
+        def op_readdir(self, *a):
+            calls["readdir"] += 1
+            return super().op_readdir(*a)
+
+        def op_readdirplus(self, *a):
+            calls["readdirplus"] += 1
+            return super().op_readdirplus(*a)
+
+    share = tmp_path / "share"
+    share.mkdir()
+    for i in range(50):
+        (share / f"f{i}").write_bytes(b"x" * i)
+    (share / "d").mkdir()
+    with mounted(Counting(Vfs(HostBackend(str(share)), cache=cache))) as m:
+        listed = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(m)}
+    assert sorted(listed) == sorted(os.listdir(share))
+    for name, st in listed.items():
+        host = os.lstat(share / name)
+        assert (st.st_ino, st.st_mode, st.st_size) == (host.st_ino, host.st_mode, host.st_size)
+    assert (calls["readdirplus"] > 0, calls["readdir"] > 0) == (plus, not plus), calls

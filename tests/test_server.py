@@ -54,6 +54,17 @@ def test_init_negotiates_version_and_limits(server):
     assert limited.init(flags=abi.ASYNC_READ)[3] == abi.ASYNC_READ | abi.INIT_EXT   # never more than offered
 
 
+def test_readdirplus_is_offered_except_with_cache_never(share):
+    """As the C virtiofsd: with cache=never the entries of a READDIRPLUS
+    expire at once, so the guest is not offered it; --readdirplus and
+    --no-readdirplus decide for any mode."""
+    plus = abi.DO_READDIRPLUS | abi.READDIRPLUS_AUTO
+    for cache, readdirplus, want in (("never", None, 0), ("auto", None, plus), ("always", None, plus),
+                                     ("never", True, plus), ("auto", False, 0)):
+        s = FuseServer(Vfs(HostBackend(str(share)), cache=cache), readdirplus=readdirplus)
+        assert FuseClient(direct_transport(s)).init()[3] & plus == want, (cache, readdirplus)
+
+
 def test_requests_before_init_and_unknown_opcodes(server):
     c = FuseClient(direct_transport(server))
     assert c.request(abi.GETATTR, ROOT, abi.GETATTR_IN.pack(0, 0, 0))[0] == errno.EIO

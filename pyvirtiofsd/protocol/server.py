@@ -45,8 +45,7 @@ def _before_init(*_):
 
 # What we accept of the kernel's INIT offer (more is added per cache mode).
 BASE_FLAGS = (abi.ASYNC_READ | abi.ATOMIC_O_TRUNC | abi.BIG_WRITES | abi.ASYNC_DIO
-              | abi.PARALLEL_DIROPS | abi.MAX_PAGES | abi.DO_READDIRPLUS
-              | abi.READDIRPLUS_AUTO | abi.INIT_EXT | abi.POSIX_LOCKS | abi.FLOCK_LOCKS
+              | abi.PARALLEL_DIROPS | abi.MAX_PAGES | abi.INIT_EXT | abi.POSIX_LOCKS | abi.FLOCK_LOCKS
               | abi.HANDLE_KILLPRIV_V2 | abi.SECURITY_CTX)
 
 _u64 = (1 << 64) - 1
@@ -92,8 +91,12 @@ def _packed_attr(a):
 
 
 class FuseServer:
-    def __init__(self, vfs, *, log_requests: bool = False):
+    def __init__(self, vfs, *, log_requests: bool = False, readdirplus: bool | None = None):
+        """readdirplus: offer READDIRPLUS; by default not with cache=never,
+        where the guest would drop the entries and attributes it carries
+        (they expire at once) and look each name up again anyway."""
         self.vfs = vfs
+        self.readdirplus = vfs.cache != "never" if readdirplus is None else readdirplus
         self.initialized = False
         self.destroyed = False
         self.proto_minor = 0
@@ -253,6 +256,8 @@ class FuseServer:
             w.write(abi.INIT_OUT.pack(abi.KERNEL_VERSION, abi.KERNEL_MINOR_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0)[:abi.COMPAT_INIT_OUT_SIZE])
             return
         wanted = BASE_FLAGS
+        if self.readdirplus:
+            wanted |= abi.DO_READDIRPLUS | abi.READDIRPLUS_AUTO
         if self.vfs.backend.capabilities.posix_acl:
             # the guest checks ACLs; we apply umask ourselves, where no default ACL is
             wanted |= abi.POSIX_ACL | abi.DONT_MASK
