@@ -402,7 +402,7 @@ def test_setlkw_is_deferred_until_unlock_and_interrupt_cancels(fc, server):
             abi.LK_IN.pack(fh, 2, 5, 5, fcntl.F_WRLCK, 7, 0, 0)
         buf = bytearray(64)
         n = server.handle(Reader([req]), Writer([buf]),
-                          complete=lambda n: (replies.append(abi.OUT_HEADER.unpack_from(buf)), done.set()))
+                          complete=lambda tag, n: (replies.append(abi.OUT_HEADER.unpack_from(buf)), done.set()))
         assert n == DEFERRED
     send_setlkw(9001)
     assert not done.wait(0.2)                     # still blocked, and the server keeps serving
@@ -414,7 +414,7 @@ def test_setlkw_is_deferred_until_unlock_and_interrupt_cancels(fc, server):
     hdr = abi.IN_HEADER.pack(40 + len(req_owner1), abi.SETLKW, 9003, f.nodeid, 0, 0, 7, 0, 0)
     buf = bytearray(64)
     assert server.handle(Reader([hdr + req_owner1]), Writer([buf]),
-                         complete=lambda n: (replies.append(abi.OUT_HEADER.unpack_from(buf)), done.set())) == DEFERRED
+                         complete=lambda tag, n: (replies.append(abi.OUT_HEADER.unpack_from(buf)), done.set())) == DEFERRED
     fc.request(abi.INTERRUPT, 0, abi.INTERRUPT_IN.pack(9003))
     assert done.wait(5) and replies[-1] == (16, -errno.EINTR, 9003)
 

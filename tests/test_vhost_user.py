@@ -15,7 +15,7 @@ from pyvirtiofsd.device import vhost_user as vu
 from pyvirtiofsd.device import virtio_fs
 from pyvirtiofsd.device.virtqueue import F_INDIRECT, F_NEXT, F_WRITE
 from pyvirtiofsd.protocol import abi
-from pyvirtiofsd.protocol.server import FuseServer
+from pyvirtiofsd.protocol.server import DEFERRED, FuseServer
 from pyvirtiofsd.vfs.backends.host import HostBackend
 from pyvirtiofsd.vfs.vfs import Vfs
 from vhost_frontend import UADDR_BASE, Frontend
@@ -321,18 +321,27 @@ def test_thread_pool_serves_many_chains_in_flight(share, tmp_path):
 # -- the device layer with a stand-in server -----------------------------------------------------
 class Echo:
     """handle(reader, writer): reply with the request reversed; b"boom" raises,
-    b"quiet" has no reply (as FORGET)."""
+    b"quiet" has no reply (as FORGET), b"later" is answered from another
+    thread once `release` is set (as a SETLKW that waits)."""
 
     def __init__(self):
         self.seen = []
+        self.release = threading.Event()
 
-    def handle(self, reader, writer, complete=None):
+    def handle(self, reader, writer, complete=None, tag=None):
         data = reader.read_all()
         self.seen.append((threading.current_thread().name, data))
         if data == b"boom":
             raise RuntimeError("a server bug")
         if data == b"quiet":
             return 0
+        if data == b"later":
+            def finish():
+                self.release.wait(10)
+                writer.write(data[::-1])
+                complete(tag, writer.written)
+            threading.Thread(target=finish, daemon=True).start()
+            return DEFERRED
         if data == b"slow":
             threading.Event().wait(0.05)
         writer.write(data[::-1])
@@ -370,6 +379,20 @@ def test_echo_round_trips_zero_copy_on_every_queue_thread(echo):
     assert fe.request(b"xyz", 10, queue=2, indirect=True) == b"zyx"
     assert fe.request(b"quiet", 10, queue=0) == b""            # no reply: used with length 0
     assert [name for name, _ in server.seen] == ["vq1", "vq2", "vq0"]
+
+
+def test_a_deferred_reply_returns_its_own_chain_while_the_queue_goes_on(echo):
+    server, fe, _ = echo
+    fe.handshake()
+    q = fe.queues[1]
+    assert fe.request(b"first", 10) == b"tsrif"
+    head, outs = fe.chain(q, [b"later"], [16])
+    assert head != 0                                           # (a wrong head would not pass as 0)
+    fe.publish(q, head)
+    assert fe.request(b"now", 10) == b"won"                    # served while "later" waits
+    server.release.set()
+    got, length = fe.wait_used(q)
+    assert (got, bytes(fe.view[outs[0]:outs[0] + length])) == (head, b"retal")
 
 
 def test_a_server_exception_is_logged_and_the_queue_goes_on(echo, caplog):

@@ -11,7 +11,6 @@ import socket
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 from ..protocol.buffers import Reader, Writer
 from ..protocol.server import DEFERRED
@@ -74,7 +73,7 @@ class QueueWorker(threading.Thread):
                     pool.submit(self.serve_one, head, readable, writable)
                 else:
                     try:
-                        k = handle(Reader(readable, True), Writer(writable, True), partial(complete, head))
+                        k = handle(Reader(readable, True), Writer(writable, True), complete, head)
                     except Exception:           # a server bug must not take the queue down
                         self.device.log.exception("queue %d: request failed", vq.index)
                         k = 0
@@ -90,7 +89,7 @@ class QueueWorker(threading.Thread):
     def serve_one(self, head, readable, writable):
         """One chain on a pool thread (--thread-pool-size)."""
         try:
-            n = self.device.server.handle(Reader(readable, True), Writer(writable, True), partial(self.complete, head))
+            n = self.device.server.handle(Reader(readable, True), Writer(writable, True), self.complete, head)
         except Exception:
             self.device.log.exception("queue %d: request failed", self.vq.index)
             n = 0

@@ -117,13 +117,14 @@ class FuseServer:
                 self._handlers[op] = method
 
     # -- entry point --------------------------------------------------------------
-    def handle(self, reader: Reader, writer: Writer, complete=None) -> int:
+    def handle(self, reader: Reader, writer: Writer, complete=None, tag=None) -> int:
         """Serve one request; return the reply length written (0: no reply).
 
         A request that must wait (SETLKW on a held lock) blocks the caller,
         unless the transport passes `complete`: then DEFERRED comes back at
-        once and complete(n) is called from another thread when the reply
-        is written."""
+        once and complete(tag, n) is called from another thread when the
+        reply is written (tag: the transport's name for the request, so it
+        need not make a callable per request)."""
         self.requests += 1
         try:
             length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = reader.read_struct(abi.IN_HEADER)
@@ -171,7 +172,7 @@ class FuseServer:
             return n
         if complete is None:
             return self._reply(run, opcode, unique, writer)
-        threading.Thread(target=lambda: complete(self._reply(run, opcode, unique, writer)),
+        threading.Thread(target=lambda: complete(tag, self._reply(run, opcode, unique, writer)),
                          name=f"wait-{unique}", daemon=True).start()
         return DEFERRED
 
