@@ -39,7 +39,6 @@ class Ctx:
 ROOT_CTX = Ctx()
 
 
-
 class Attr:
     """What FUSE reports about an inode, under os.stat_result's names (times
     in integer nanoseconds): a backend that has an os.stat_result at hand

@@ -81,7 +81,7 @@ class OverlayBackend(Backend):
         a.st_ino = inode.ino
         merged = inode.lowers and (inode.upper is not None or len(inode.lowers) > 1)
         if inode.is_dir() and merged:
-            a.st_nlink = 1            # as the kernel: subdirectories of merged dirs are not counted
+            a.st_nlink = 1         # as the kernel: subdirectories of merged dirs are not counted
         return a
 
     def _real(self, inode):
