@@ -10,10 +10,13 @@ with different numbers of rounds; the difference divided by the extra
 requests is the cost of one request, with start-up cancelled out. User-space
 instructions only: the system calls' kernel side is not counted.
 
-    python bench/instructions.py [getattr lookup read write read1m write1m]
+    python bench/instructions.py [getattr lookup read write read1m write1m ...]
 
 read1m and write1m move 1 MiB in 256 pages that are not adjacent, as a
-direct-I/O READ or WRITE of a guest process's buffer arrives.
+direct-I/O READ or WRITE of a guest process's buffer often arrives;
+read1m_contig and write1m_contig in 256 adjacent pages, as it arrives as
+often (half the 512 KiB WRITEs of a guest's sequential write were one
+run of adjacent pages, the other half scattered).
 
 Needs valgrind (apt install valgrind). In-process and hot: under a guest
 each request also pays for waking the worker and for cold caches, which
@@ -35,7 +38,7 @@ from pyvirtiofsd.vfs.backend import ROOT_CTX                      # noqa: E402
 from pyvirtiofsd.vfs.backends.host import HostBackend             # noqa: E402
 from pyvirtiofsd.vfs.vfs import Vfs                               # noqa: E402
 
-KINDS = ("getattr", "lookup", "read", "write", "read1m", "write1m")
+KINDS = ("getattr", "lookup", "read", "write", "read1m", "write1m", "read1m_contig", "write1m_contig")
 CHAINS = 64                     # chains published per round, served in one drain
 BIG_CHAINS = 8                  # (for the 1 MiB kinds)
 PAGE = 4096
@@ -68,10 +71,10 @@ def _requests(kind, nodeid, fh):
     if kind == "write":
         body = abi.WRITE_IN.pack(fh, 4096, 4096, 0, 0, 0, 0)
         return [header(abi.WRITE, nodeid, len(body) + 4096), body, b"y" * 4096], [16, abi.WRITE_OUT.size]
-    if kind == "read1m":
+    if kind in ("read1m", "read1m_contig"):
         body = abi.READ_IN.pack(fh, 0, 1 << 20, 0, 0, 0, 0)
         return [header(abi.READ, nodeid, len(body)), body], [16] + [PAGE] * 256
-    if kind == "write1m":
+    if kind in ("write1m", "write1m_contig"):
         body = abi.WRITE_IN.pack(fh, 0, 1 << 20, 0, 0, 0, 0)
         pages = [b"y" * PAGE] * 256
         return [header(abi.WRITE, nodeid, len(body) + (1 << 20)), body, *pages], [16, abi.WRITE_OUT.size]
@@ -79,7 +82,7 @@ def _requests(kind, nodeid, fh):
 
 
 def chains_of(kind):
-    return BIG_CHAINS if kind.endswith("1m") else CHAINS
+    return BIG_CHAINS if "1m" in kind else CHAINS
 
 
 def child(kind, rounds):
@@ -102,14 +105,17 @@ def child(kind, rounds):
     parts, outs = _requests(kind, nodeid, fh)
     chains = chains_of(kind)
 
+    contiguous = kind.endswith("_contig")
+
     def place(n):
-        """Room for a buffer of n bytes, not adjacent to the one before:
-        pages on a page boundary, anything else 64-byte aligned."""
+        """Room for a buffer of n bytes, not adjacent to the one before
+        (but pages of a _contig kind): pages on a page boundary, anything
+        else 64-byte aligned."""
         nonlocal heap
         if n >= PAGE:
-            heap = (heap + 2 * PAGE - 1) & -PAGE
+            heap = (heap + (PAGE if contiguous else 2 * PAGE) - 1) & -PAGE
         addr = heap
-        heap += (n + 64) & ~63
+        heap += n if n >= PAGE and contiguous else (n + 64) & ~63
         return addr
 
     heap = 0x10000

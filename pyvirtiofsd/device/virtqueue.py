@@ -150,21 +150,28 @@ class Virtqueue:
         readable, writable = [], []
         out = readable
         stop = _NO_VIEW                  # where the last view ends (offset in the region)
+        grown = False                    # buffers were added to the last view since it was sliced
         expect = 1
         for addr, length, flags, nxt in DESC.iter_unpack(table):
             # flags: 1 = NEXT (readable, more follow), 3 = NEXT|WRITE, 0 and 2: the last one
             if flags & 2:
                 if out is readable:
+                    if grown:
+                        readable[-1] = view[first:stop]
+                        grown = False
                     out, stop = writable, _NO_VIEW
             elif out is writable:
                 break
             start = addr - base
-            if start == stop:                # adjacent to the last buffer: one view
+            if start == stop:                # adjacent to the last buffer: one view, sliced once
                 stop += length
                 if stop > size:
                     break
-                out[-1] = view[first:stop]
+                grown = True
             else:
+                if grown:
+                    out[-1] = view[first:stop]
+                    grown = False
                 first = start
                 stop = start + length
                 if start < 0 or stop > size or not length:
@@ -175,6 +182,8 @@ class Virtqueue:
                     break
                 expect += 1
             elif flags == 0 or flags == 2:
+                if grown:
+                    out[-1] = view[first:stop]
                 return readable, writable
             else:
                 break
