@@ -90,10 +90,13 @@ class FuseSession:
         self.log.info("mounted %s on %s (/dev/fuse fd %d)", self.fsname, self.mountpoint, self.fd)
 
     def start(self):
-        for i in range(self.threads):
-            t = threading.Thread(target=self._worker, name=f"fusedev-{i}", daemon=True)
-            t.start()
-            self.workers.append(t)
+        with self._lock:            # so that close() joins every worker started here
+            if self._closed:
+                return
+            for i in range(self.threads):
+                t = threading.Thread(target=self._worker, name=f"fusedev-{i}", daemon=True)
+                self.workers.append(t)
+                t.start()
 
     def wait(self):
         """Block until a stop is requested (request_stop(), a worker saw the
@@ -180,6 +183,8 @@ class FuseSession:
                         continue
                     if e.errno == errno.ENODEV:
                         self.log.info("%s: the file system was unmounted", self.mountpoint)
+                    elif e.errno == errno.ECONNABORTED:     # (aborted: by close(), or from fusectl)
+                        self.log.info("%s: the connection was aborted", self.mountpoint)
                     else:
                         self.log.error("read /dev/fuse: %s", e.strerror)
                     return
