@@ -153,6 +153,11 @@ def mounted(backend_or_vfs, mountpoint=None, *, threads=2, cache="never", timeou
             t.join(timeout)
             force_unmount(mnt)
             assert not t.is_alive(), "fusedev session thread did not stop"
+            # the connection was aborted, so no FORGET or DESTROY comes: drop
+            # what the kernel still held (a host backend's descriptors)
+            vfs = getattr(server, "vfs", None)
+            if vfs is not None:
+                vfs.reset()
 
 
 mounted.last_session = None

@@ -28,7 +28,9 @@ def dirs(tmp_path):
 
 @pytest.fixture
 def fc(dirs):
-    return serve(HostBackend(str(dirs[0])))
+    c = serve(HostBackend(str(dirs[0])))
+    yield c
+    c.destroy()             # as an unmount: the backend closes what it held (hundreds of fds)
 
 
 def snapshot(path):

@@ -8,7 +8,6 @@ forward, one store at a time. Every used id must be a head we made
 available and every reply must carry its request's unique."""
 import multiprocessing
 import os
-import select
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import time
 from pyvirtiofsd.device.virtqueue import F_INDIRECT, F_NEXT, F_WRITE
 from pyvirtiofsd.protocol import abi
 from fuse_client import FuseClient
-from vhost_frontend import USED, Frontend
+from vhost_frontend import USED, Frontend, wait_readable
 
 QUEUE_SIZE = 128
 PRODUCERS = 4
@@ -96,7 +95,7 @@ class Driver:
                 fe.set_used_event(q, q.used_seen)
                 more = fe.used_idx(q) != q.used_seen
             if not more:
-                select.select([q.call], [], [], 0.2)
+                wait_readable(q.call, 0.2)
                 try:
                     os.eventfd_read(q.call)
                 except BlockingIOError:

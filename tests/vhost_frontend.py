@@ -19,6 +19,14 @@ UADDR_BASE = 0x7F00_0000_0000     # the front-end's own address of guest memory
 RING_AREA = 1 << 20               # rings of all queues live below this
 
 
+def wait_readable(fd, timeout):
+    """Is fd readable within timeout seconds? (poll: no FD_SETSIZE limit
+    on the descriptor's number, unlike select)"""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
+
+
 class Queue:
     def __init__(self, index, size, base):
         self.index, self.size = index, size
@@ -185,7 +193,7 @@ class Frontend:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"queue {q.index}: no used entry within {timeout}s")
-            select.select([q.call], [], [], min(left, 0.05))
+            wait_readable(q.call, min(left, 0.05))
             try:
                 os.eventfd_read(q.call)
             except BlockingIOError:
@@ -196,10 +204,10 @@ class Frontend:
 
     def signalled(self, q, timeout=0.3):
         """Was the call eventfd signalled (within timeout)?"""
-        r, _, _ = select.select([q.call], [], [], timeout)
-        if r:
-            os.eventfd_read(q.call)
-        return bool(r)
+        if not wait_readable(q.call, timeout):
+            return False
+        os.eventfd_read(q.call)
+        return True
 
     def chain(self, q, readable, writable_lens, indirect=False):
         """Place a chain of buffers; -> (head, [writable addresses])."""
