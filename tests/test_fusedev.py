@@ -266,8 +266,9 @@ def test_in_process_mount_of_host_backend(tmp_path):
 
 @pytest.mark.parametrize("cache, plus", [("never", False), ("auto", True)])
 def test_the_kernel_lists_with_readdirplus_only_where_offered(tmp_path, cache, plus):
-    """The host kernel, told at INIT, sends only READDIR (cache=never) or
-    READDIRPLUS (cache=auto), and either way lists what the host has."""
+    """The host kernel, told at INIT, lists with READDIR only at
+    cache=never and with READDIRPLUS at cache=auto, and either way lists
+    what the host has."""
     from pyvirtiofsd.protocol.server import FuseServer
     from pyvirtiofsd.vfs.backends.host import HostBackend
     from pyvirtiofsd.vfs.vfs import Vfs
