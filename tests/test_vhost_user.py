@@ -378,7 +378,7 @@ def test_echo_round_trips_zero_copy_on_every_queue_thread(echo):
     assert fe.request(b"abc" * 1000, 3000, queue=1, split=97) == (b"abc" * 1000)[::-1]
     assert fe.request(b"xyz", 10, queue=2, indirect=True) == b"zyx"
     assert fe.request(b"quiet", 10, queue=0) == b""            # no reply: used with length 0
-    assert [name for name, _ in server.seen] == ["vq1", "vq2", "vq0"]
+    assert [name for name, _ in server.seen] == ["vq1", "vq2", "vq1"]      # queue 0 is served with queue 1
 
 
 def test_a_deferred_reply_returns_its_own_chain_while_the_queue_goes_on(echo):
@@ -509,6 +509,34 @@ def test_reconfiguring_a_running_ring_stops_it_first(echo):
     fe.view[q.desc:q.end] = bytes(q.end - q.desc)
     fe.start_queue(q)
     assert fe.request(b"two", 3) == b"owt"
+
+
+def test_queue_0_and_queue_1_share_a_worker_and_stop_apart(echo):
+    """Queue 0 rides on queue 1's thread: stopping either leaves the other
+    served, and a restarted queue joins the running one again."""
+    server, fe, _ = echo
+    fe.handshake()
+    q0, q1 = fe.queues[0], fe.queues[1]
+    assert fe.request(b"a", 1, queue=0) == b"a" and fe.request(b"b", 1, queue=1) == b"b"
+    # GET_VRING_BASE stops queue 0 alone
+    assert vu.VRING_STATE.unpack(fe.call(11, vu.VRING_STATE.pack(0, 0))) == (0, q0.avail_idx)
+    fe.publish(q0, fe.chain(q0, [b"x"], [1])[0])
+    assert fe.request(b"cd", 2, queue=1) == b"dc"              # queue 1 goes on
+    threading.Event().wait(0.2)
+    assert fe.used_idx(q0) == q0.avail_idx - 1                 # queue 0 does not
+    published = q0.avail_idx
+    fe.start_queue(q0, base=published - 1)                     # restarted where it stopped
+    q0.avail_idx = published                                   # with "x" still in the ring
+    fe.store16(q0.avail + 2, published)
+    os.eventfd_write(q0.kick, 1)
+    assert fe.wait_used(q0)[1] == 1
+    # now queue 1 stops and queue 0 keeps its own thread
+    assert vu.VRING_STATE.unpack(fe.call(11, vu.VRING_STATE.pack(1, 0))) == (1, q1.avail_idx)
+    assert fe.request(b"ef", 2, queue=0) == b"fe"
+    fe.publish(q1, fe.chain(q1, [b"y"], [1])[0])
+    threading.Event().wait(0.2)
+    assert fe.used_idx(q1) == q1.avail_idx - 1
+    assert server.seen == [("vq1", b"a"), ("vq1", b"b"), ("vq1", b"cd"), ("vq1", b"x"), ("vq0", b"ef")]
 
 
 def test_serve_on_a_listening_fd_and_a_stale_socket_path(tmp_path):

@@ -1,9 +1,13 @@
 """The virtio-fs device: queue 0 is the high-priority queue (FORGET,
 BATCH_FORGET, INTERRUPT), queues 1..N carry requests. One worker thread per
-started queue waits on its kick eventfd, serves every available chain
-through the FUSE server and signals the guest once per batch.
+request queue waits on its kick eventfd, serves every available chain
+through the FUSE server and signals the guest once per batch. The worker of
+queue 1 serves queue 0 as well: a FORGET then costs no thread of its own
+(a wake-up, and a GIL hand-over whenever both were busy), and often shares
+a wake-up with the requests around it.
 """
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -23,11 +27,15 @@ STOP_TIMEOUT = 30
 
 
 class QueueWorker(threading.Thread):
-    def __init__(self, device, vq, pool=None):
-        super().__init__(name=f"vq{vq.index}", daemon=True)
-        self.device, self.vq, self.pool = device, vq, pool
+    """Serves a fixed set of queues; the device replaces it when the set changes."""
+
+    def __init__(self, device, vqs, pool=None):
+        super().__init__(name=f"vq{max(vq.index for vq in vqs)}", daemon=True)
+        self.device, self.vqs, self.pool = device, list(vqs), pool
+        # a deferred reply hands back its chain through its queue's callback
+        self.completes = {vq.index: functools.partial(device.complete, vq) for vq in self.vqs}
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
-        self.broken = False
+        self.broken = set()         # indexes of queues that wait for a device reset
         self.stopping = False
 
     def stop(self):
@@ -37,31 +45,37 @@ class QueueWorker(threading.Thread):
         if self.pool is not None:
             self.pool.shutdown(wait=True)
         if self.is_alive():
-            self.device.log.error("queue %d worker did not stop in %ds", self.vq.index, STOP_TIMEOUT)
+            self.device.log.error("worker %s did not stop in %ds", self.name, STOP_TIMEOUT)
         os.close(self.stop_fd)
 
     def run(self):
         # the kick is edge-triggered: every write to the eventfd wakes us, and
         # we never read it back (a read per request is a system call saved;
         # its counter cannot reach its limit of 2**64 - 2 kicks)
-        poller = select.epoll(2)
-        poller.register(self.vq.kick_fd, select.EPOLLIN | select.EPOLLET)
+        room = 1 + len(self.vqs)
+        poller = select.epoll(room)
+        by_fd = {vq.kick_fd: vq for vq in self.vqs}
+        for fd in by_fd:
+            poller.register(fd, select.EPOLLIN | select.EPOLLET)
         poller.register(self.stop_fd, select.EPOLLIN)
-        self.device.log.debug("queue %d started (size %d)", self.vq.index, self.vq.size)
+        for vq in self.vqs:
+            self.device.log.debug("queue %d started (size %d)", vq.index, vq.size)
         stop = self.stop_fd
         try:
             while True:
-                for fd, _ in poller.poll(-1, 2):      # (room for our two fds, not the default 1023)
+                for fd, _ in poller.poll(-1, room):     # (room for our fds, not the default 1023)
                     if fd == stop:
                         return
-                    if not self.broken:
-                        self.drain()
+                    vq = by_fd[fd]
+                    if vq.index not in self.broken:
+                        self.drain(vq)
         finally:
             poller.close()
 
-    def drain(self):
+    def drain(self, vq):
         # memory cannot change under us: SET_MEM_TABLE stops the queue first
-        vq, handle, complete, pool = self.vq, self.device.server.handle, self.complete, self.pool
+        handle, complete = self.device.server.handle, self.completes[vq.index]
+        pool = self.pool if vq.index else None      # the high-priority queue runs inline
         try:
             n = vq.pending() or vq.rearm()      # rearm: published while we looked away (EVENT_IDX)
             while n and not self.stopping:      # chains not taken yet stay for the next start
@@ -70,7 +84,7 @@ class QueueWorker(threading.Thread):
                 if readable is None:
                     vq.push(head, 0)
                 elif pool is not None:
-                    pool.submit(self.serve_one, head, readable, writable)
+                    pool.submit(self.serve_one, vq, head, readable, writable)
                 else:
                     try:
                         k = handle(Reader(readable, True), Writer(writable, True), complete, head)
@@ -83,25 +97,19 @@ class QueueWorker(threading.Thread):
                     n = vq.rearm()
         except BadChain as e:
             self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
-            self.broken = True
+            self.broken.add(vq.index)
         vq.notify()
 
-    def serve_one(self, head, readable, writable):
+    def serve_one(self, vq, head, readable, writable):
         """One chain on a pool thread (--thread-pool-size)."""
+        complete = self.completes[vq.index]
         try:
-            n = self.device.server.handle(Reader(readable, True), Writer(writable, True), self.complete, head)
+            n = self.device.server.handle(Reader(readable, True), Writer(writable, True), complete, head)
         except Exception:
-            self.device.log.exception("queue %d: request failed", self.vq.index)
+            self.device.log.exception("queue %d: request failed", vq.index)
             n = 0
         if n != DEFERRED:
-            self.complete(head, n)
-
-    def complete(self, head, n):
-        """A deferred reply is written (from another thread): hand its chain back."""
-        with self.device.memory_lock:
-            if self.vq.mem is not None:
-                self.vq.push(head, n)
-                self.vq.notify()
+            complete(head, n)
 
 
 class VirtioFsDevice:
@@ -115,22 +123,38 @@ class VirtioFsDevice:
             raise ValueError(f"tag must be 1..{TAG_SIZE} bytes")
         self.config_space = tag_bytes.ljust(TAG_SIZE, b"\0") + struct.pack("<I", num_request_queues)
         self.memory_lock = threading.Lock()
-        self.workers = {}
+        self.workers = {}           # request queue index -> the worker serving it (1: and queue 0)
 
     def start_queue(self, vq):
-        # requests of a queue run on its worker, or on a pool when asked for;
-        # the high-priority queue (FORGET, INTERRUPT) always runs inline
-        pool = None
-        if self.thread_pool_size and vq.index > 0:
-            pool = ThreadPoolExecutor(self.thread_pool_size, thread_name_prefix=f"vq{vq.index}-pool")
-        w = QueueWorker(self, vq, pool)
-        self.workers[vq.index] = w
-        w.start()
+        self._restart(max(vq.index, 1), add=vq)
 
     def stop_queue(self, vq):
-        w = self.workers.pop(vq.index, None)
-        if w is not None:
-            w.stop()
+        self._restart(max(vq.index, 1), remove=vq)
+
+    def _restart(self, key, add=None, remove=None):
+        """Replace the worker of request queue `key` by one serving its queues
+        plus `add`, less `remove` (queue 0 goes with queue 1). Queues start
+        and stop only while the front-end sets them up or tears them down."""
+        old = self.workers.pop(key, None)
+        vqs = old.vqs if old is not None else []
+        if old is not None:
+            old.stop()
+        vqs = [vq for vq in vqs if vq is not remove and vq is not add] + ([add] if add is not None else [])
+        if not vqs:
+            return
+        pool = None
+        if self.thread_pool_size and key in (vq.index for vq in vqs):
+            pool = ThreadPoolExecutor(self.thread_pool_size, thread_name_prefix=f"vq{key}-pool")
+        w = QueueWorker(self, vqs, pool)
+        self.workers[key] = w
+        w.start()
+
+    def complete(self, vq, head, n):
+        """A deferred reply is written (from another thread): hand its chain back."""
+        with self.memory_lock:
+            if vq.mem is not None:
+                vq.push(head, n)
+                vq.notify()
 
 
 def _listen(socket_path):
