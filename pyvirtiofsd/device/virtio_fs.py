@@ -135,11 +135,13 @@ class VirtioFsDevice:
         """Replace the worker of request queue `key` by one serving its queues
         plus `add`, less `remove` (queue 0 goes with queue 1). Queues start
         and stop only while the front-end sets them up or tears them down."""
+        vqs = []
         old = self.workers.pop(key, None)
-        vqs = old.vqs if old is not None else []
         if old is not None:
             old.stop()
-        vqs = [vq for vq in vqs if vq is not remove and vq is not add] + ([add] if add is not None else [])
+            vqs = [vq for vq in old.vqs if vq is not remove and vq is not add]
+        if add is not None:
+            vqs.append(add)
         if not vqs:
             return
         pool = None
