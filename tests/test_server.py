@@ -65,6 +65,21 @@ def test_readdirplus_is_offered_except_with_cache_never(share):
         assert FuseClient(direct_transport(s)).init()[3] & plus == want, (cache, readdirplus)
 
 
+def test_the_request_ctx_is_what_ctx_would_build(server):
+    """handle() fills a Ctx slot by slot (no __init__ frame): every slot
+    must get what Ctx(uid, gid, pid, 0, unique) would give it."""
+    from pyvirtiofsd.vfs.backend import Ctx
+    seen = []
+    real = server.vfs.getattr
+    server.vfs.getattr = lambda ctx, *a: (seen.append(ctx), real(ctx, *a))[1]
+    c = FuseClient(direct_transport(server), pid=4242)
+    c.init()
+    assert c.request(abi.GETATTR, ROOT, abi.GETATTR_IN.pack(0, 0, 0), uid=1000, gid=100)[0] == 0
+    (ctx,) = seen
+    want = Ctx(1000, 100, 4242, 0, c.unique)            # (c.unique: the GETATTR's)
+    assert {k: getattr(ctx, k) for k in Ctx.__slots__} == {k: getattr(want, k) for k in Ctx.__slots__}
+
+
 def test_requests_before_init_and_unknown_opcodes(server):
     c = FuseClient(direct_transport(server))
     assert c.request(abi.GETATTR, ROOT, abi.GETATTR_IN.pack(0, 0, 0))[0] == errno.EIO
