@@ -322,15 +322,22 @@ def test_thread_pool_serves_many_chains_in_flight(share, tmp_path):
 class Echo:
     """handle(reader, writer): reply with the request reversed; b"boom" raises,
     b"quiet" has no reply (as FORGET), b"later" is answered from another
-    thread once `release` is set (as a SETLKW that waits)."""
+    thread once `release` is set (as a SETLKW that waits), b"gate" holds the
+    worker until `gate` is set. during[data], if set, runs while data is served."""
 
     def __init__(self):
         self.seen = []
         self.release = threading.Event()
+        self.gate = threading.Event()
+        self.during = {}
 
     def handle(self, reader, writer, complete=None, tag=None):
         data = reader.read_all()
         self.seen.append((threading.current_thread().name, data))
+        if data in self.during:
+            self.during.pop(data)()
+        if data == b"gate":
+            self.gate.wait(10)
         if data == b"boom":
             raise RuntimeError("a server bug")
         if data == b"quiet":
@@ -424,6 +431,30 @@ def test_many_chains_per_kick_and_16_bit_index_wrap(echo):
             assert bytes(fe.view[addr:addr + length]) == data[::-1]
         assert not placed
     assert fe.used_idx(q) == (0xFFF0 + 6 * q.size // 2) & 0xFFFF == 0xB0
+
+
+def test_a_reply_is_signalled_before_chains_published_meanwhile_are_served(echo):
+    """A guest with EVENT_IDX publishes without a kick while the worker is
+    busy. The worker finds those chains after the ones it was kicked for;
+    it signals the replies it has before it serves them."""
+    server, fe, _ = echo
+    fe.handshake(queues=[fe.queues[0], fe.queues[2]])
+    q = fe.queues[1]
+    fe.start_queue(q)
+    held, _ = fe.chain(q, [b"gate"], [16])
+    first, outs = fe.chain(q, [b"first"], [16])
+    server.during[b"first"] = lambda: fe.publish(q, held, kick=False)
+    fe.publish(q, first)
+    try:
+        assert fe.signalled(q, 5), "the reply waited for the chain published meanwhile"
+        assert fe.wait_used(q, 0) == (first, 5)
+        assert bytes(fe.view[outs[0]:outs[0] + 5]) == b"tsrif"
+        assert fe.used_idx(q) == 1 and server.seen[-1][1] == b"gate"     # still being served
+        fe.set_used_event(q, q.used_seen)                      # the guest wants to hear of the next
+    finally:
+        server.gate.set()
+    assert fe.signalled(q, 5)
+    assert fe.wait_used(q, 0)[0] == held
 
 
 def test_call_fd_replaced_on_a_running_queue(echo):

@@ -1,7 +1,8 @@
 """The virtio-fs device: queue 0 is the high-priority queue (FORGET,
 BATCH_FORGET, INTERRUPT), queues 1..N carry requests. One worker thread per
 request queue waits on its kick eventfd, serves every available chain
-through the FUSE server and signals the guest once per batch. The worker of
+through the FUSE server and signals the guest once the chains in sight are
+served (before it looks for chains published meanwhile). The worker of
 queue 1 serves queue 0 as well: a FORGET then costs no thread of its own
 (a wake-up, and a GIL hand-over whenever both were busy), and often shares
 a wake-up with the requests around it.
@@ -94,6 +95,9 @@ class QueueWorker(threading.Thread):
                     if k != DEFERRED:
                         vq.push(head, k)
                 if not n:
+                    # signal what is used before looking for more: a guest
+                    # waiting on this reply need not wait for those too
+                    vq.notify()
                     n = vq.rearm()
         except BadChain as e:
             self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
