@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -449,7 +450,10 @@ def test_a_reply_is_signalled_before_chains_published_meanwhile_are_served(echo)
         assert fe.signalled(q, 5), "the reply waited for the chain published meanwhile"
         assert fe.wait_used(q, 0) == (first, 5)
         assert bytes(fe.view[outs[0]:outs[0] + 5]) == b"tsrif"
-        assert fe.used_idx(q) == 1 and server.seen[-1][1] == b"gate"     # still being served
+        deadline = time.monotonic() + 5
+        while server.seen[-1][1] != b"gate" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fe.used_idx(q) == 1 and server.seen[-1][1] == b"gate"     # being served, not used yet
         fe.set_used_event(q, q.used_seen)                      # the guest wants to hear of the next
     finally:
         server.gate.set()
