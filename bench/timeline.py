@@ -108,8 +108,10 @@ def traced_boot(daemon, cache, script, fsbench):
         _put("tracing_on", "0")
         with open(os.path.join(TRACEFS, "trace")) as f:
             lines = f.readlines()
-        with open(os.path.join(TRACEFS, "per_cpu/cpu0/stats")) as f:
-            overrun = int(re.search(r"overrun: (\d+)", f.read()).group(1))
+        overrun = 0
+        for cpu in os.listdir(os.path.join(TRACEFS, "per_cpu")):
+            with open(os.path.join(TRACEFS, "per_cpu", cpu, "stats")) as f:
+                overrun += int(re.search(r"overrun: (\d+)", f.read()).group(1))
     finally:
         _put("tracing_on", "0")
         _events(False)
