@@ -54,8 +54,7 @@ WORKLOADS = {
 }
 STEPS = {"kick -> wake": ("kick", "wake"), "before work": ("wake", "work"), "work": ("work", "work end"),
          "after work": ("work end", "call"), "call -> sleep": ("call", "sleep"), "call -> QEMU": ("call", "qemu"),
-         "QEMU -> kick": ("qemu", "next kick"),
-         "cycle": ("kick", "next kick")}
+         "QEMU -> kick": ("qemu", "next kick"), "cycle": ("kick", "next kick")}
 LINE = re.compile(r"\s*(.+?)-(\d+)\s+\[\d+\]\s+\S+\s+([\d.]+): sys_(enter|exit): NR (\d+) (?:\((.*)\)|= (-?\d+))")
 
 
@@ -205,6 +204,7 @@ def wakeups(events, tids):
 
 
 def steps(records):
+    """Median µs of each step over records, and their number."""
     out = {}
     for step, (a, b) in STEPS.items():
         xs = [r[b] - r[a] for r in records if a in r and b in r]
