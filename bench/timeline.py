@@ -21,6 +21,12 @@ Medians in µs. For seq only wake-ups that moved 64 KiB or more count, split
 into write and read; for meta every wake-up with work in it. Needs root.
 
     python bench/timeline.py [--workload seq|meta] [--cache never] [--rounds 2]
+                             [--compare TREE]
+
+--compare TREE sets our daemon against itself as checked out in TREE
+(another work tree of this repository, e.g. `git worktree add /tmp/base
+HEAD~1`) instead of the reference: how a change moves each step. Our
+daemon runs as `python -m pyvirtiofsd` from the tree's directory.
 
 Writes bench/results/timeline-<stamp>.json and .md.
 """
@@ -36,7 +42,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "qemu-tests"))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "qemu-tests"))
 import guest  # noqa: E402
 import run    # noqa: E402
 
@@ -83,9 +90,10 @@ def session_threads(sid):
     return out
 
 
-def traced_boot(daemon, cache, script, fsbench):
-    """Boot a guest running script against daemon with system calls traced;
-    -> (trace lines, the daemon's thread ids, the guest's console)."""
+def traced_boot(daemon, cache, script, fsbench, tree=None):
+    """Boot a guest running script against daemon (ours from tree, if
+    given) with system calls traced; -> (trace lines, the daemon's thread
+    ids, the guest's console)."""
     if not os.path.isdir(os.path.join(TRACEFS, "events")):
         os.system(f"mount -t tracefs nodev {TRACEFS}")
     _put("tracing_on", "0")
@@ -99,8 +107,10 @@ def traced_boot(daemon, cache, script, fsbench):
     share = tempfile.mkdtemp(prefix="pyvfs-timeline-")
     os.chmod(share, 0o755)
     os.sync()
+    cwd = os.getcwd()
     _events(True)
     try:
+        os.chdir(tree or REPO)             # `python -m pyvirtiofsd` imports from here first
         _put("tracing_on", "1")
         r = guest.boot(share, "echo TIMELINE-START; " + script, daemon=daemon, cache=cache, timeout=1200,
                        on_console=on_console, extra_files={"bin/fsbench": fsbench}, mem_mb=1024)
@@ -112,6 +122,7 @@ def traced_boot(daemon, cache, script, fsbench):
             with open(os.path.join(TRACEFS, "per_cpu", cpu, "stats")) as f:
                 overrun += int(re.search(r"overrun: (\d+)", f.read()).group(1))
     finally:
+        os.chdir(cwd)
         _put("tracing_on", "0")
         _events(False)
         shutil.rmtree(share, ignore_errors=True)
@@ -225,18 +236,20 @@ def markdown(data):
     lines = [f"# Request timeline {data['stamp']}", "",
              f"Workload `{data['workload']}` at cache={data['cache']}, {data['kernel']}, QEMU accel "
              f"{data['accel']}. Median µs per wake-up of each daemon's serving thread (bench/timeline.py).", ""]
-    rounds = data["rounds"]
-    head = " | ".join(f"ours {i + 1} | ref {i + 1}" for i in range(len(rounds)))
-    for kind in rounds[0]["ours"]["steps"]:
-        lines += [f"{kind}:", "", f"| step | {head} |", "|---|" + "---|---|" * len(rounds)]
+    rounds, names = data["rounds"], data["daemons"]
+    if data.get("compared"):
+        lines += [f"`base` is our daemon as checked out in {data['compared']}.", ""]
+    head = " | ".join(f"{d} {i + 1}" for i in range(len(rounds)) for d in names)
+    for kind in rounds[0][names[0]]["steps"]:
+        lines += [f"{kind}:", "", f"| step | {head} |", "|---|" + "---|" * len(rounds) * len(names)]
         for step in list(STEPS) + ["wake-ups"]:
-            cells = [rnd[d]["steps"][kind].get(step) for rnd in rounds for d in ("ours", "reference")]
+            cells = [rnd[d]["steps"][kind].get(step) for rnd in rounds for d in names]
             lines.append(f"| {step} | " + " | ".join("—" if v is None else f"{v:g}" for v in cells) + " |")
         lines.append("")
     for i, rnd in enumerate(rounds):
         lines.append(f"Guest timings, round {i + 1} (s): " + "; ".join(
             f"{d} " + ", ".join(f"{k} {v['seconds']:.3f}" for k, v in rnd[d]["timings"].items())
-            for d in ("ours", "reference")))
+            for d in names))
     return "\n".join(lines) + "\n"
 
 
@@ -247,22 +260,32 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--mib", type=int, default=256, help="seq: MiB written, then read")
     ap.add_argument("--files", type=int, default=2000, help="meta: files created, stat'ed, renamed, unlinked")
+    ap.add_argument("--compare", metavar="TREE", help="our daemon from TREE instead of the reference")
     ap.add_argument("--out", default=run.RESULTS)
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench/timeline.py needs root (tracefs)")
+    if args.compare and not os.path.isdir(os.path.join(args.compare, "pyvirtiofsd")):
+        raise SystemExit(f"{args.compare} holds no pyvirtiofsd package")
+    # name: (daemon, tree)
+    daemons = {"ours": ("ours", REPO)}
+    daemons.update({"base": ("ours", os.path.abspath(args.compare))} if args.compare else
+                   {"reference": ("reference", None)})
     fsbench = run.fsbench_binary()
     script = WORKLOADS[args.workload].format(mib=args.mib, files=args.files)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    names = list(daemons)
     data = {"stamp": stamp, "workload": args.workload, "cache": args.cache, "kernel": guest.kernel()[1],
-            "accel": os.environ.get("QEMU_ACCEL", "tcg"), "rounds": []}
+            "accel": os.environ.get("QEMU_ACCEL", "tcg"), "daemons": names, "compared": args.compare,
+            "rounds": []}
     for i in range(args.rounds):
         rnd = {}
-        for daemon in (("ours", "reference"), ("reference", "ours"))[i % 2]:
-            print(f"timeline: round {i + 1}, {daemon} ...", flush=True)
-            lines, tids, console = traced_boot(daemon, args.cache, script, fsbench)
-            rnd[daemon] = {"steps": by_kind(wakeups(parse(lines), tids), args.workload),
-                           "timings": run.parse_timings(console)}
+        for name in (names, names[::-1])[i % 2]:           # each goes first as often
+            print(f"timeline: round {i + 1}, {name} ...", flush=True)
+            daemon, tree = daemons[name]
+            lines, tids, console = traced_boot(daemon, args.cache, script, fsbench, tree)
+            rnd[name] = {"steps": by_kind(wakeups(parse(lines), tids), args.workload),
+                         "timings": run.parse_timings(console)}
         data["rounds"].append(rnd)
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"timeline-{stamp}")

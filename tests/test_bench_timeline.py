@@ -65,8 +65,8 @@ def test_markdown_has_a_row_per_step_and_a_column_per_daemon_and_round():
     rnd = {d: {"steps": {"request": {"cycle": 300.0, "wake-ups": 9}}, "timings": {"meta_stat": {"seconds": 1.5}}}
            for d in ("ours", "reference")}
     md = timeline.markdown({"stamp": "s", "workload": "meta", "cache": "never", "kernel": "k", "accel": "tcg",
-                            "rounds": [rnd, rnd]})
-    assert "| step | ours 1 | ref 1 | ours 2 | ref 2 |" in md
+                            "daemons": ["ours", "reference"], "rounds": [rnd, rnd]})
+    assert "| step | ours 1 | reference 1 | ours 2 | reference 2 |" in md
     assert "| cycle | 300 | 300 | 300 | 300 |" in md
     assert "| before work | — | — | — | — |" in md
     assert "ours meta_stat 1.500" in md
