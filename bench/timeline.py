@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -235,7 +236,8 @@ def by_kind(records, workload):
 def markdown(data):
     lines = [f"# Request timeline {data['stamp']}", "",
              f"Workload `{data['workload']}` at cache={data['cache']}, {data['kernel']}, QEMU accel "
-             f"{data['accel']}. Median µs per wake-up of each daemon's serving thread (bench/timeline.py).", ""]
+             f"{data['accel']}, our daemon at {data.get('ours', '?')}. Median µs per wake-up of each "
+             "daemon's serving thread (bench/timeline.py).", ""]
     rounds, names = data["rounds"], data["daemons"]
     if data.get("compared"):
         lines += [f"`base` is our daemon as checked out in {data['compared']}.", ""]
@@ -251,6 +253,11 @@ def markdown(data):
             f"{d} " + ", ".join(f"{k} {v['seconds']:.3f}" for k, v in rnd[d]["timings"].items())
             for d in names))
     return "\n".join(lines) + "\n"
+
+
+def _commit(tree):
+    r = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
 
 
 def main(argv=None):
@@ -276,8 +283,8 @@ def main(argv=None):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     names = list(daemons)
     data = {"stamp": stamp, "workload": args.workload, "cache": args.cache, "kernel": guest.kernel()[1],
-            "accel": os.environ.get("QEMU_ACCEL", "tcg"), "daemons": names, "compared": args.compare,
-            "rounds": []}
+            "accel": os.environ.get("QEMU_ACCEL", "tcg"), "daemons": names, "ours": _commit(REPO),
+            "compared": args.compare and f"{args.compare} (commit {_commit(args.compare)})", "rounds": []}
     for i in range(args.rounds):
         rnd = {}
         for name in (names, names[::-1])[i % 2]:           # each goes first as often
