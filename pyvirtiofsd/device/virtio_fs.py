@@ -79,7 +79,10 @@ class QueueWorker(threading.Thread):
         pool = self.pool if vq.index else None      # the high-priority queue runs inline
         try:
             n = vq.pending() or vq.rearm()      # rearm: published while we looked away (EVENT_IDX)
-            while n and not self.stopping:      # chains not taken yet stay for the next start
+            while n:
+                if self.stopping:               # chains not taken yet stay for the next start
+                    vq.notify()
+                    return
                 n -= 1
                 head, readable, writable = vq.take()
                 if readable is None:
@@ -102,7 +105,7 @@ class QueueWorker(threading.Thread):
         except BadChain as e:
             self.device.log.error("queue %d is broken until the device is reset: %s", vq.index, e)
             self.broken.add(vq.index)
-        vq.notify()
+            vq.notify()
 
     def serve_one(self, vq, head, readable, writable):
         """One chain on a pool thread (--thread-pool-size)."""
