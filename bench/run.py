@@ -100,19 +100,23 @@ def tree_tarball(src):
     return name, files
 
 
-def session_cpu(sid):
-    """user+sys seconds of every live process in session sid."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+def session_stats(sid):
+    """(pid, the fields of /proc/pid/stat after the command name) of every
+    live process in session sid."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[3]) == sid:               # field 6 of stat: session id
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+            yield pid, fields
+
+
+def session_cpu(sid):
+    """user+sys seconds of every live process in session sid."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum((int(fields[11]) + int(fields[12])) / tick for _, fields in session_stats(sid))
 
 
 class Markers:

@@ -81,12 +81,10 @@ def session_threads(sid):
     """Thread ids of every process in session sid (the reference forks into
     a sandbox: its serving threads are in a child)."""
     out = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid, _ in run.session_stats(sid):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[3]) == sid:
-                    out.update(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-        except (OSError, IndexError, ValueError):
+            out.update(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        except OSError:                 # (it exited meanwhile)
             continue
     return out
 
