@@ -12,6 +12,11 @@ instructions only: the system calls' kernel side is not counted.
 
     python bench/instructions.py [getattr lookup read write read1m write1m ...]
 
+Each request is counted twice: with its indirect table one the queue has
+walked before (the same 64 tables come round again, as a guest reuses its
+request structs and I/O buffers) and with one it has not (the queue forgets
+the tables it walked before each drain).
+
 read1m and write1m move 1 MiB in 256 pages that are not adjacent, as a
 direct-I/O READ or WRITE of a guest process's buffer often arrives;
 read1m_contig and write1m_contig in 256 adjacent pages, as it arrives as
@@ -88,8 +93,9 @@ def chains_of(kind):
     return BIG_CHAINS if "1m" in kind else CHAINS
 
 
-def child(kind, rounds):
-    """Set up a ring and a server, then serve `rounds` drains of chains_of(kind) chains."""
+def child(kind, rounds, new_tables):
+    """Set up a ring and a server, then serve `rounds` drains of chains_of(kind) chains;
+    new_tables: the queue forgets the tables it has walked before each drain."""
     share = tempfile.mkdtemp(prefix="pyvfs-instr-")
     with open(os.path.join(share, "f"), "wb") as f:
         f.write(b"x" * (2 << 20))
@@ -144,6 +150,8 @@ def child(kind, rounds):
             avail16[2 + idx % RING] = head
             idx = (idx + 1) & 0xFFFF
         avail16[1] = idx
+        if new_tables:
+            vq.forget_walked()
         if parts:
             worker.drain(vq)
         else:
@@ -154,12 +162,12 @@ def child(kind, rounds):
             raise SystemExit(f"{kind}: the request failed (reply of {vq.used_elems[0] >> 32} bytes)")
 
 
-def count(kind, rounds):
+def count(kind, rounds, new_tables):
     out = tempfile.mktemp(prefix="pyvfs-callgrind-")
     # a fixed hash seed: with a random one, dict probing varies and the same
     # code counts within about 0.5 % from one invocation to the next
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                    sys.executable, os.path.abspath(__file__), "--child", kind, str(rounds)],
+                    sys.executable, os.path.abspath(__file__), "--child", kind, str(rounds), str(int(new_tables))],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "PYTHONHASHSEED": "0"})
     try:
@@ -169,20 +177,21 @@ def count(kind, rounds):
         os.unlink(out)
 
 
-def per_request(kind):
+def per_request(kind, new_tables):
     lo, hi = ROUNDS
-    return (count(kind, hi) - count(kind, lo)) / ((hi - lo) * chains_of(kind))
+    return (count(kind, hi, new_tables) - count(kind, lo, new_tables)) / ((hi - lo) * chains_of(kind))
 
 
 def main(argv):
     if argv[:1] == ["--child"]:
-        child(argv[1], int(argv[2]))
+        child(argv[1], int(argv[2]), argv[3] == "1")
         return 0
     kinds = argv or KINDS
-    base = per_request("none")
-    print("| request | instructions per request |\n|---|---|")
+    base = {new: per_request("none", new) for new in (False, True)}
+    print("| request | table walked before | new table |\n|---|---|---|")
     for kind in kinds:
-        print(f"| {kind.upper()} | {per_request(kind) - base:,.0f} |", flush=True)
+        seen, new = (per_request(kind, new) - base[new] for new in (False, True))
+        print(f"| {kind.upper()} | {seen:,.0f} | {new:,.0f} |", flush=True)
     return 0
 
 

@@ -35,6 +35,11 @@ F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
 AVAIL_F_NO_INTERRUPT = 1
 MAX_QUEUE_SIZE = 32768
 _NO_VIEW = -(1 << 65)              # below any offset a guest address can give
+# Indirect tables walked recently, by content: a guest sends the same table
+# again and again (a request struct reused from its slab, a process that does
+# direct I/O from one buffer), and a table's views depend on nothing else while
+# the memory table stands. Bounded: at most this many tables per queue.
+WALKED_TABLES = 128
 
 
 class BadChain(Exception):
@@ -61,6 +66,7 @@ class Virtqueue:
         self._push_lock = threading.Lock()   # used ring and call fd
         self._signalled_used = 0
         self._fence = threading.Lock()
+        self._walked = {}                    # indirect table bytes -> (readable, writable)
 
     def attach(self, mem):
         """Map the rings in guest memory (after SET_VRING_ADDR / SET_MEM_TABLE)."""
@@ -75,11 +81,17 @@ class Virtqueue:
         self.used16 = self.used.cast("H")
         self.used_elems = self.used[4:4 + 8 * n].cast("Q")
         self.mem = mem
+        self.forget_walked()
         self.used_idx = self._signalled_used = self.used16[1]
 
     def detach(self):
         self.desc = self.avail = self.used = self.mem = None
+        self.forget_walked()
         self.avail16 = self.used16 = self.used_elems = None
+
+    def forget_walked(self):
+        """Drop the views of the tables walked so far (they pin the memory table)."""
+        self._walked = {}
 
     # -- the available side ---------------------------------------------------------------
     def pending(self) -> int:
@@ -112,7 +124,8 @@ class Virtqueue:
     def take(self):
         """The next chain, once pending() said there is one. A malformed chain
         is returned with views None (push it with len 0); a bad head index
-        raises BadChain: the queue cannot go on."""
+        raises BadChain: the queue cannot go on. The lists of views may be
+        shared with other chains: read them, never change them."""
         last = self.last_avail
         head = self.avail16[2 + last % self.size]
         self.last_avail = (last + 1) & 0xFFFF
@@ -137,15 +150,25 @@ class Virtqueue:
         region = self.mem.last_region
         off = addr - region.gpa if region is not None else -1
         if off >= 0 and off + length <= region.size:
-            table = region.view[off:off + length]
+            table = bytes(region.view[off:off + length])
         else:
-            table = self.mem.contiguous(addr, length)
+            table = bytes(self.mem.contiguous(addr, length))
             region = self.mem.last_region
+        # One copy of the table: it is both the key and what is walked, so the
+        # guest cannot change an entry between the two.
+        walked = self._walked.get(table)
+        if walked is None:
+            walked = self._walk_table(table, region)
+            if len(self._walked) >= WALKED_TABLES:
+                del self._walked[next(iter(self._walked))]     # the oldest
+            self._walked[table] = walked
+        return walked
+
+    def _walk_table(self, table, region):
         # Linux fills a table in order, each entry chained to the next, with
         # non-empty buffers in the region of the table. Such a chain is
-        # walked here in one pass, each entry read once (the guest cannot
-        # change one under us) and checked against that region; anything
-        # else is walked the general way, over a copy of the table.
+        # walked here in one pass, each entry checked against that region;
+        # anything else is walked the general way.
         base, size, view = region.gpa, region.size, region.view
         readable, writable = [], []
         out = readable
@@ -187,8 +210,8 @@ class Virtqueue:
                 return readable, writable
             else:
                 break
-        copy = list(DESC.iter_unpack(bytes(table)))
-        return self._walk(copy, len(copy), *copy[0])
+        entries = list(DESC.iter_unpack(table))
+        return self._walk(entries, len(entries), *entries[0])
 
     def _walk(self, table, table_len, addr, length, flags, nxt):
         """Follow a chain through table (the ring's descriptor table, a
