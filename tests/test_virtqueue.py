@@ -9,6 +9,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from pyvirtiofsd.device import virtqueue
 from pyvirtiofsd.device.memory import GuestMemory
 from pyvirtiofsd.device.virtqueue import F_INDIRECT, F_NEXT, F_WRITE, BadChain, Virtqueue
 
@@ -440,13 +441,20 @@ def test_a_table_walked_before_gives_the_buffers_it_names_now(ring):
     assert joined(readable) == b"aaaa"
 
 
-def test_walked_tables_are_bounded_and_forgotten_with_the_memory_table(ring):
-    from pyvirtiofsd.device.virtqueue import WALKED_TABLES
-    table, out = ring.buf(n=32), ring.buf(n=8)
-    for i in range(WALKED_TABLES + 20):                      # distinct tables: one buffer each
+def test_walked_tables_are_bounded_and_forgotten_with_the_memory_table(ring, monkeypatch):
+    monkeypatch.setattr(virtqueue, "WALKED_ENTRIES", 64)
+    table, out = ring.buf(n=16 * 40), ring.buf(n=8)
+    for i in range(60):                                      # distinct tables of two entries
         readable, _ = _indirect(ring, table, [(HEAP + 0x8000 + i, 1, F_NEXT, 1), (out, 8, F_WRITE, 0)])
         assert joined(readable) == ring.peek(HEAP + 0x8000 + i, 1)
-        assert len(ring.vq._walked) <= WALKED_TABLES
+        assert sum(len(k) // 16 for k in ring.vq._walked) <= 64
+    assert len(ring.vq._walked) == 32                        # the newest, as many as fit
+    big = [(HEAP + 0x9000 + 2 * i, 1, F_NEXT, i + 1) for i in range(39)] + [(out, 8, F_WRITE, 0)]
+    readable, _ = _indirect(ring, table, big)                # 40 entries: the oldest 20 tables make room
+    assert len(readable) == 39 and len(ring.vq._walked) == 13
+    monkeypatch.setattr(virtqueue, "WALKED_ENTRIES", 16)
+    readable, _ = _indirect(ring, table, big[:-1] + [(out, 4, F_WRITE, 0)])  # bigger than all: not kept
+    assert len(readable) == 39 and len(ring.vq._walked) == 13
     del readable, _
     # a new memory table (SET_MEM_TABLE): the same table must name buffers in
     # the new memory, and the old mappings must not be kept alive by the queue

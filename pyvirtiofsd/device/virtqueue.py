@@ -17,6 +17,7 @@ destination before writing the fields, and a guest that reads the used index
 in that window sees it jump back and takes stale used entries ("id N is not
 a head!").
 """
+import collections
 import logging
 import os
 import struct
@@ -38,8 +39,9 @@ _NO_VIEW = -(1 << 65)              # below any offset a guest address can give
 # Indirect tables walked recently, by content: a guest sends the same table
 # again and again (a request struct reused from its slab, a process that does
 # direct I/O from one buffer), and a table's views depend on nothing else while
-# the memory table stands. Bounded: at most this many tables per queue.
-WALKED_TABLES = 128
+# the memory table stands. Bounded by their entries (a view or two each, some
+# 200 bytes), so that a guest's huge tables cannot make it big: a few MB per queue.
+WALKED_ENTRIES = 16384
 
 
 class BadChain(Exception):
@@ -66,7 +68,7 @@ class Virtqueue:
         self._push_lock = threading.Lock()   # used ring and call fd
         self._signalled_used = 0
         self._fence = threading.Lock()
-        self._walked = {}                    # indirect table bytes -> (readable, writable)
+        self.forget_walked()
 
     def attach(self, mem):
         """Map the rings in guest memory (after SET_VRING_ADDR / SET_MEM_TABLE)."""
@@ -91,7 +93,8 @@ class Virtqueue:
 
     def forget_walked(self):
         """Drop the views of the tables walked so far (they pin the memory table)."""
-        self._walked = {}
+        self._walked = collections.OrderedDict()     # table bytes -> (readable, writable), oldest first
+        self._walked_entries = 0
 
     # -- the available side ---------------------------------------------------------------
     def pending(self) -> int:
@@ -159,9 +162,13 @@ class Virtqueue:
         walked = self._walked.get(table)
         if walked is None:
             walked = self._walk_table(table, region)
-            if len(self._walked) >= WALKED_TABLES:
-                del self._walked[next(iter(self._walked))]     # the oldest
-            self._walked[table] = walked
+            entries = length // 16
+            if entries <= WALKED_ENTRIES:
+                self._walked_entries += entries
+                while self._walked_entries > WALKED_ENTRIES:
+                    oldest, _ = self._walked.popitem(last=False)
+                    self._walked_entries -= len(oldest) // 16
+                self._walked[table] = walked
         return walked
 
     def _walk_table(self, table, region):
