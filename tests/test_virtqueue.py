@@ -465,9 +465,10 @@ def test_walked_tables_are_bounded_and_forgotten_with_the_memory_table(ring, mon
     os.pwrite(fd, b"new!", HEAP + 0x8000)
     new = GuestMemory.from_table([(0, HALF, UADDR, 0), (HALF, HALF, UADDR + HALF, HALF)], [os.dup(fd), os.dup(fd)])
     ring.vq.attach(new)
-    ring.mem, ring.fd = new, fd
+    old_fd, ring.mem, ring.fd = ring.fd, new, fd
     regions = list(old.regions)
     old.close()
+    os.close(old_fd)
     assert all(r.map.closed for r in regions), "the queue still holds views of the old memory"
     readable, _ = _indirect(ring, table, [(HEAP + 0x8000, 4, F_NEXT, 1), (out, 8, F_WRITE, 0)])
     assert joined(readable) == b"new!"
