@@ -373,6 +373,27 @@ def _model_walk(entries, mem_size):
     return None                                                # it loops
 
 
+def _indirect(r, table, entries, head=3):
+    """Publish entries as an indirect table at `table`; the chain's views."""
+    for i, e in enumerate(entries):
+        r.put_desc(i, *e, table=table)
+    r.put_desc(head, table, 16 * len(entries), F_INDIRECT)
+    r.publish(head)
+    got = r.vq.pop()
+    assert got[0] == head
+    return got[1], got[2]
+
+
+def _assert_walked_as_the_spec_says(r, entries, readable, writable):
+    want = _model_walk(entries, MEM)
+    if want is None:
+        assert readable is None and writable is None
+        return
+    assert readable is not None, "refused a chain the spec accepts"
+    assert joined(readable) == b"".join(r.peek(a, n) for a, n, w in want if not w)
+    assert joined(writable) == b"".join(r.peek(a, n) for a, n, w in want if w)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([0x40000, 0x40100, 0x40108, HALF - 8, HALF - 1, MEM - 8, MEM + 8]),
                           st.integers(0, 16),
@@ -392,34 +413,12 @@ def test_indirect_tables_in_order_or_not_are_walked_as_the_spec_says(entries, in
     try:
         for a in sorted({a for a, *_ in entries if a < MEM}):
             r.poke(a, bytes((a + k) % 251 for k in range(min(16, MEM - a))))
-        for i, e in enumerate(entries):
-            r.put_desc(i, *e, table=table)
-        r.put_desc(3, table, 16 * len(entries), F_INDIRECT)
-        r.publish(3)
-        head, readable, writable = r.vq.pop()
-        want = _model_walk(entries, MEM)
-        assert head == 3
-        if want is None:
-            assert readable is None and writable is None
-            return
-        assert readable is not None, "refused a chain the spec accepts"
-        assert joined(readable) == b"".join(r.peek(a, n) for a, n, w in want if not w)
-        assert joined(writable) == b"".join(r.peek(a, n) for a, n, w in want if w)
+        _assert_walked_as_the_spec_says(r, entries, *_indirect(r, table, entries))
     finally:
         r.close()
 
 
 # -- indirect tables walked before ------------------------------------------------------------
-def _indirect(r, table, entries, head=3):
-    for i, e in enumerate(entries):
-        r.put_desc(i, *e, table=table)
-    r.put_desc(head, table, 16 * len(entries), F_INDIRECT)
-    r.publish(head)
-    got = r.vq.pop()
-    assert got[0] == head
-    return got[1], got[2]
-
-
 def test_a_table_walked_before_gives_the_buffers_it_names_now(ring):
     """The queue keeps the views of tables it has walked, by their content:
     the same table again gives the same buffers, live (not a copy of their
@@ -494,13 +493,6 @@ def test_a_sequence_of_tables_old_and_new_is_walked_as_the_spec_says(requests, t
                 r.poke(a, data * 4)
             entries = [(a, n, f, i + 1 if f & F_NEXT and i + 1 < len(tables[which]) else nxt)
                        for i, (a, n, f, nxt) in enumerate(tables[which])]
-            readable, writable = _indirect(r, place, entries)
-            want = _model_walk(entries, MEM)
-            if want is None:
-                assert readable is None
-                continue
-            assert readable is not None, "refused a chain the spec accepts"
-            assert joined(readable) == b"".join(r.peek(a, n) for a, n, w in want if not w)
-            assert joined(writable) == b"".join(r.peek(a, n) for a, n, w in want if w)
+            _assert_walked_as_the_spec_says(r, entries, *_indirect(r, place, entries))
     finally:
         r.close()
