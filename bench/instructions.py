@@ -43,7 +43,7 @@ from pyvirtiofsd.vfs.backend import ROOT_CTX                      # noqa: E402
 from pyvirtiofsd.vfs.backends.host import HostBackend             # noqa: E402
 from pyvirtiofsd.vfs.vfs import Vfs                               # noqa: E402
 
-KINDS = ("getattr", "lookup", "read", "write", "read1m", "write1m", "read1m_contig", "write1m_contig")
+KINDS = ("getattr", "lookup", "lookup_missing", "read", "write", "read1m", "write1m", "read1m_contig", "write1m_contig")
 CHAINS = 64                     # chains published per round, served in one drain
 BIG_CHAINS = 8                  # (for the 1 MiB kinds)
 PAGE = 4096
@@ -73,6 +73,8 @@ def _requests(kind, nodeid, fh):
         return [header(abi.GETATTR, nodeid, len(body)), body], [16, abi.ATTR_OUT.size]
     if kind == "lookup":
         return [header(abi.LOOKUP, abi.ROOT_ID, 2), b"f\0"], [16, abi.ENTRY_OUT.size]
+    if kind == "lookup_missing":
+        return [header(abi.LOOKUP, abi.ROOT_ID, 2), b"m\0"], [16, abi.ENTRY_OUT.size]
     if kind == "read":
         body = abi.READ_IN.pack(fh, 4096, 4096, 0, 0, 0, 0)
         return [header(abi.READ, nodeid, len(body)), body], [16, 4096]
@@ -158,7 +160,7 @@ def child(kind, rounds, new_tables):
             vq.last_avail = idx
         if kind == "lookup":
             server.vfs.forget(nodeid, chains)
-        if parts and vq.used_elems[0] >> 32 <= abi.OUT_HEADER.size:       # (id, len) of the first
+        if parts and kind != "lookup_missing" and vq.used_elems[0] >> 32 <= abi.OUT_HEADER.size:       # (id, len) of the first
             raise SystemExit(f"{kind}: the request failed (reply of {vq.used_elems[0] >> 32} bytes)")
 
 

@@ -11,7 +11,9 @@ import pytest
 
 from fuse_client import FuseError, errno_of, serve
 from pyvirtiofsd.protocol import abi
+from pyvirtiofsd.vfs.backend import ROOT_CTX
 from pyvirtiofsd.vfs.backends.host import HostBackend
+from pyvirtiofsd.vfs.vfs import Vfs
 
 ROOT = abi.ROOT_ID
 
@@ -79,6 +81,28 @@ def test_names_that_are_not_one_component_are_refused(fc, dirs, name):
     assert errno_of(fc.rename, ROOT, b"ok", ROOT, name) == errno.EINVAL
     assert errno_of(fc.rename, ROOT, name, ROOT, b"ok") == errno.EINVAL
     assert os.listdir(share) == ["ok"] and os.listdir(outside) == ["secret"]
+
+
+def test_a_nul_byte_inside_a_name_or_target_is_refused(dirs):
+    """The wire cuts names at their NUL, so these reach the layers only from
+    code that calls them directly: each layer refuses them itself."""
+    share, _ = dirs
+    (share / "a").write_bytes(b"")
+    backend = HostBackend(str(share))
+    vfs = Vfs(backend)
+
+    def refused(fn, *args):
+        with pytest.raises(OSError) as e:
+            fn(*args)
+        return e.value.errno == errno.EINVAL
+
+    for name in (b"a\0b", b"\0", b"a\0", b"a/\0"):
+        assert refused(vfs.lookup, ROOT_CTX, ROOT, name)
+        assert refused(vfs.mkdir, ROOT_CTX, ROOT, name, 0o755)
+        assert refused(backend.lookup, ROOT_CTX, backend.root(), name)
+    assert refused(vfs.symlink, ROOT_CTX, ROOT, b"l", b"/etc\0passwd")
+    assert refused(vfs.getxattr, ROOT_CTX, ROOT, b"user.a\0b")
+    assert os.listdir(share) == ["a"]
 
 
 def test_special_files_are_not_opened_on_the_host(fc, dirs):
