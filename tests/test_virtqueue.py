@@ -106,9 +106,11 @@ def test_direct_chain_gives_readable_then_writable_views_into_guest_memory(ring)
     ring.put_desc(5, b, 5, F_NEXT, 1)
     ring.put_desc(1, out, 32, F_WRITE)
     ring.publish(3)
-    head, readable, writable = ring.vq.pop()
+    assert ring.vq.pending() == 1
+    head, readable, writable, readable_size, writable_size = ring.vq.take()
     assert head == 3 and joined(readable) == b"hello world"
     assert [len(v) for v in writable] == [32]
+    assert (readable_size, writable_size) == (11, 32)
     writable[0][:4] = b"done"                                 # zero copy: straight into guest memory
     assert ring.peek(out, 4) == b"done"
     assert ring.vq.pop() is None
@@ -379,9 +381,12 @@ def _indirect(r, table, entries, head=3):
         r.put_desc(i, *e, table=table)
     r.put_desc(head, table, 16 * len(entries), F_INDIRECT)
     r.publish(head)
-    got = r.vq.pop()
-    assert got[0] == head
-    return got[1], got[2]
+    assert r.vq.pending() == 1
+    got, readable, writable, readable_size, writable_size = r.vq.take()
+    assert got == head
+    if readable is not None:                                   # (the sizes are kept with the walk)
+        assert (readable_size, writable_size) == (sum(map(len, readable)), sum(map(len, writable)))
+    return readable, writable
 
 
 def _assert_walked_as_the_spec_says(r, entries, readable, writable):

@@ -84,14 +84,15 @@ class QueueWorker(threading.Thread):
                     vq.notify()
                     return
                 n -= 1
-                head, readable, writable = vq.take()
+                head, readable, writable, readable_size, writable_size = vq.take()
                 if readable is None:
                     vq.push(head, 0)
                 elif pool is not None:
-                    pool.submit(self.serve_one, vq, head, readable, writable)
+                    pool.submit(self.serve_one, vq, head, readable, writable, readable_size, writable_size)
                 else:
                     try:
-                        k = handle(Reader(readable, True), Writer(writable, True), complete, head)
+                        k = handle(Reader(readable, True, readable_size), Writer(writable, True, writable_size),
+                                   complete, head)
                     except Exception:           # a server bug must not take the queue down
                         self.device.log.exception("queue %d: request failed", vq.index)
                         k = 0
@@ -107,11 +108,12 @@ class QueueWorker(threading.Thread):
             self.broken.add(vq.index)
             vq.notify()
 
-    def serve_one(self, vq, head, readable, writable):
+    def serve_one(self, vq, head, readable, writable, readable_size, writable_size):
         """One chain on a pool thread (--thread-pool-size)."""
         complete = self.completes[vq.index]
         try:
-            n = self.device.server.handle(Reader(readable, True), Writer(writable, True), complete, head)
+            n = self.device.server.handle(Reader(readable, True, readable_size),
+                                          Writer(writable, True, writable_size), complete, head)
         except Exception:
             self.device.log.exception("queue %d: request failed", vq.index)
             n = 0

@@ -44,6 +44,14 @@ _NO_VIEW = -(1 << 65)              # below any offset a guest address can give
 WALKED_ENTRIES = 16384
 
 
+def _sized(walked):
+    """(readable, writable) -> (readable, writable, bytes readable, bytes
+    writable): summed once per walk, not once per request (a request's
+    Reader and Writer would, and a kept table's walk serves many)."""
+    readable, writable = walked
+    return readable, writable, sum(map(len, readable)), sum(map(len, writable))
+
+
 class BadChain(Exception):
     pass
 
@@ -93,7 +101,7 @@ class Virtqueue:
 
     def forget_walked(self):
         """Drop the views of the tables walked so far (they pin the memory table)."""
-        self._walked = collections.OrderedDict()     # table bytes -> (readable, writable), oldest first
+        self._walked = collections.OrderedDict()     # table bytes -> what take() returns for it, oldest first
         self._walked_entries = 0
 
     # -- the available side ---------------------------------------------------------------
@@ -122,13 +130,14 @@ class Virtqueue:
         """Next chain as (head, readable views, writable views), None when empty."""
         if not self.pending():
             return None
-        return self.take()
+        return self.take()[:3]
 
     def take(self):
-        """The next chain, once pending() said there is one. A malformed chain
-        is returned with views None (push it with len 0); a bad head index
-        raises BadChain: the queue cannot go on. The lists of views may be
-        shared with other chains: read them, never change them."""
+        """The next chain, once pending() said there is one, as (head,
+        readable views, writable views, bytes readable, bytes writable). A
+        malformed chain is returned with views None (push it with len 0); a
+        bad head index raises BadChain: the queue cannot go on. The lists of
+        views may be shared with other chains: read them, never change them."""
         last = self.last_avail
         head = self.avail16[2 + last % self.size]
         self.last_avail = (last + 1) & 0xFFFF
@@ -137,13 +146,11 @@ class Virtqueue:
         try:
             addr, length, flags, nxt = DESC.unpack_from(self.desc, 16 * head)
             if flags & F_INDIRECT:
-                readable, writable = self._walk_indirect(addr, length, flags)
-            else:
-                readable, writable = self._walk(self.desc, self.size, addr, length, flags, nxt)
+                return (head, *self._walk_indirect(addr, length, flags))
+            return (head, *_sized(self._walk(self.desc, self.size, addr, length, flags, nxt)))
         except (BadChain, BadAddress) as e:
             log.warning("queue %d: refused descriptor chain at %d: %s", self.index, head, e)
-            return head, None, None
-        return head, readable, writable
+            return head, None, None, 0, 0
 
     def _walk_indirect(self, addr, length, flags):
         if flags & F_NEXT:
@@ -161,7 +168,7 @@ class Virtqueue:
         # guest cannot change an entry between the two.
         walked = self._walked.get(table)
         if walked is None:
-            walked = self._walk_table(table, region)
+            walked = _sized(self._walk_table(table, region))
             entries = length // 16
             if entries <= WALKED_ENTRIES:
                 self._walked_entries += entries

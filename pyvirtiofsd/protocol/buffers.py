@@ -53,12 +53,13 @@ def _take(bufs, idx, off, n):
 class Reader:
     __slots__ = ("_bufs", "_idx", "_off", "_left")
 
-    def __init__(self, bufs, flat=False):
-        """flat: bufs are already 1-D byte memoryviews (guest memory is)."""
+    def __init__(self, bufs, flat=False, size=None):
+        """flat: bufs are already 1-D byte memoryviews (guest memory is);
+        size: their length in all, if the caller knows it."""
         self._bufs = bufs = bufs if flat else _byte_views(bufs)
         self._idx = 0
         self._off = 0
-        self._left = sum(map(len, bufs))
+        self._left = sum(map(len, bufs)) if size is None else size
 
     def remaining(self) -> int:
         return self._left
@@ -117,12 +118,13 @@ class Writer:
     """Reply buffer. Bytes go in order; the header slot can be patched later."""
     __slots__ = ("_bufs", "_idx", "_off", "written", "capacity")
 
-    def __init__(self, bufs, flat=False):
+    def __init__(self, bufs, flat=False, size=None):
+        """As Reader's."""
         self._bufs = bufs = bufs if flat else _byte_views(bufs)
         self._idx = 0
         self._off = 0
         self.written = 0
-        self.capacity = sum(map(len, bufs))
+        self.capacity = sum(map(len, bufs)) if size is None else size
 
     def available(self) -> int:
         return self.capacity - self.written
