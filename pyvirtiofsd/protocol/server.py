@@ -125,7 +125,12 @@ class FuseServer:
         unless the transport passes `complete`: then DEFERRED comes back at
         once and complete(tag, n) is called from another thread when the
         reply is written (tag: the transport's name for the request, so it
-        need not make a callable per request)."""
+        need not make a callable per request).
+
+        A handler (op_<name>) writes the reply body to the writer and returns
+        None, or fails: it raises OSError, or returns an errno where a
+        failure is common enough that raising would cost (every frame an
+        exception passes costs ~4,000 instructions)."""
         self.requests += 1
         try:
             length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = reader.read_struct(abi.IN_HEADER)
@@ -170,12 +175,14 @@ class FuseServer:
         elif not self.initialized and opcode != abi.INIT:
             handler = _before_init
         try:
-            handler(nodeid, ctx, reader, writer)
+            error = handler(nodeid, ctx, reader, writer)
         except _Wait as wait:
             run = wait.run              # `wait` is unbound once this block ends
         except Exception as e:
             return self._failed(e, opcode, unique, writer)
         else:                           # (success, inline: the common case)
+            if error:
+                return self._error_in_place(writer, unique, error)
             n = writer.written
             writer.patch(0, abi.OUT_HEADER.pack(n, 0, unique))
             return n
@@ -188,11 +195,13 @@ class FuseServer:
     def _reply(self, call, opcode, unique, writer):
         """Run a request that had to wait; turn its outcome into the reply header."""
         try:
-            call()
+            error = call()
         except _Wait:
             raise
         except Exception as e:
             return self._failed(e, opcode, unique, writer)
+        if error:
+            return self._error_in_place(writer, unique, error)
         n = writer.written
         writer.patch(0, abi.OUT_HEADER.pack(n, 0, unique))
         return n
@@ -207,6 +216,11 @@ class FuseServer:
         else:
             log.error("%s unique=%d failed", abi.OPCODE_NAMES.get(opcode, opcode), unique, exc_info=e)
             error = errno.EIO
+        return self._error_in_place(writer, unique, error)
+
+    @staticmethod
+    def _error_in_place(writer, unique, error):
+        """Turn the reply begun in writer (its header slot skipped) into an error."""
         writer.truncate(HDR)
         writer.patch(0, abi.OUT_HEADER.pack(HDR, -error, unique))
         return HDR
@@ -316,7 +330,7 @@ class FuseServer:
             self._write_entry(w, *self.vfs.lookup(ctx, nodeid, name))
         except FileNotFoundError:
             if self._entry_valid == (0, 0):
-                raise
+                return errno.ENOENT     # (not raised again: see handle)
             # a negative entry: the guest may cache "no such name" for the entry timeout
             ev, evn = self._entry_valid
             w.pack(abi.ENTRY_OUT, 0, 0, ev, 0, evn, 0, *(0,) * 16)
