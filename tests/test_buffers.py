@@ -20,13 +20,13 @@ def test_reader_reads_the_same_bytes_whatever_the_split(data, cuts, sizes):
     r = Reader(split(data, cuts))
     got = bytearray()
     for n in sizes:
-        if n > r.remaining():
+        if n > r.left:
             with pytest.raises(ShortBuffer):
                 r.read(n)
             continue
         got += r.read(n)
     got += r.read_all()
-    assert bytes(got) == data and r.remaining() == 0
+    assert bytes(got) == data and r.left == 0
 
 
 @given(st.binary(min_size=1, max_size=300), st.lists(st.integers(0, 400), max_size=6), st.integers(0, 300))
@@ -35,7 +35,7 @@ def test_reader_views_alias_the_buffers(data, cuts, n):
     r = Reader(parts)
     views = r.views(n)
     assert b"".join(bytes(v) for v in views) == data[:n]
-    assert r.remaining() == max(0, len(data) - n)
+    assert r.left == max(0, len(data) - n)
     if views and len(views[0]):
         views[0][0] ^= 0xFF             # no copy: the change shows in the source
         assert any(p for p in parts) and bytes(b"".join(parts))[0] == data[0] ^ 0xFF
@@ -91,7 +91,7 @@ def test_structs_and_writes_that_fill_their_buffers_exactly(sizes, data):
     for n in sizes:
         assert r.read_struct(struct.Struct(f"{n}s")) == (payload[pos:pos + n],)
         pos += n
-    assert r.remaining() == 4 and r.read_all() == b"tail"
+    assert r.left == 4 and r.read_all() == b"tail"
     parts = split(bytes(len(payload)), cuts)
     w = Writer(parts)
     for i, n in enumerate(sizes):

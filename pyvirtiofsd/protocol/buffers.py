@@ -51,7 +51,7 @@ def _take(bufs, idx, off, n):
 
 
 class Reader:
-    __slots__ = ("_bufs", "_idx", "_off", "_left")
+    __slots__ = ("_bufs", "_idx", "_off", "left")
 
     def __init__(self, bufs, flat=False, size=None):
         """flat: bufs are already 1-D byte memoryviews (guest memory is);
@@ -59,14 +59,11 @@ class Reader:
         self._bufs = bufs = bufs if flat else _byte_views(bufs)
         self._idx = 0
         self._off = 0
-        self._left = sum(map(len, bufs)) if size is None else size
-
-    def remaining(self) -> int:
-        return self._left
+        self.left = sum(map(len, bufs)) if size is None else size     # bytes not read yet (read-only outside)
 
     def read(self, n: int) -> bytes:
         """Exactly n bytes, or ShortBuffer."""
-        if n > self._left:
+        if n > self.left:
             raise ShortBuffer("request truncated")
         b = self._bufs[self._idx] if self._idx < len(self._bufs) else None
         if b is not None and len(b) - self._off >= n:
@@ -75,10 +72,10 @@ class Reader:
             if self._off == len(b):
                 self._idx += 1
                 self._off = 0
-            self._left -= n
+            self.left -= n
             return out
         views, self._idx, self._off = _take(self._bufs, self._idx, self._off, n)
-        self._left -= n
+        self.left -= n
         return b"".join(views)
 
     def read_struct(self, st):
@@ -91,25 +88,25 @@ class Reader:
                     self._idx, self._off = idx + 1, 0
                 else:
                     self._off = off + n
-                self._left -= n
+                self.left -= n
                 return st.unpack_from(b, off)
         return st.unpack(self.read(n))
 
     def read_all(self) -> bytes:
-        return self.read(self._left)
+        return self.read(self.left)
 
     def views(self, n: int):
         """Up to n bytes as memoryviews without copying (for pwritev)."""
-        if n >= self._left:                 # the rest (a WRITE's data): no walk
+        if n >= self.left:                 # the rest (a WRITE's data): no walk
             views = _rest(self._bufs, self._idx, self._off)
-            self._idx, self._off, self._left = len(self._bufs), 0, 0
+            self._idx, self._off, self.left = len(self._bufs), 0, 0
             return views
         views, self._idx, self._off = _take(self._bufs, self._idx, self._off, n)
-        self._left -= n
+        self.left -= n
         return views
 
     def skip(self, n: int):
-        if n > self._left:
+        if n > self.left:
             raise ShortBuffer("request truncated")
         self.views(n)
 

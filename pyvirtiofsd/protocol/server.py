@@ -135,11 +135,11 @@ class FuseServer:
         try:
             length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = reader.read_struct(abi.IN_HEADER)
         except ShortBuffer:
-            log.warning("request shorter than fuse_in_header (%d bytes): dropped", reader.remaining())
+            log.warning("request shorter than fuse_in_header (%d bytes): dropped", reader.left)
             return 0
-        if length < IN_HDR or length - IN_HDR > reader.remaining():
+        if length < IN_HDR or length - IN_HDR > reader.left:
             log.warning("request %d: header len %d does not match the %d bytes given",
-                        unique, length, reader.remaining() + IN_HDR)
+                        unique, length, reader.left + IN_HDR)
             return self._reply_error(writer, unique, errno.EINVAL)
         if self.log_requests:
             log.debug("<- %s unique=%d nodeid=%d uid=%d gid=%d pid=%d",
@@ -271,7 +271,7 @@ class FuseServer:
     # -- session ---------------------------------------------------------------------
     def op_init(self, nodeid, ctx, r, w):
         major, minor, max_readahead, flags = r.read_struct(abi.INIT_IN_COMPAT)
-        if flags & abi.INIT_EXT and r.remaining() >= 4:
+        if flags & abi.INIT_EXT and r.left >= 4:
             flags |= abi.U32.unpack(r.read(4))[0] << 32
         if major < abi.KERNEL_VERSION or (major == abi.KERNEL_VERSION and minor < 12):
             raise OSError(errno.EPROTO, f"FUSE {major}.{minor} is too old")
@@ -310,9 +310,9 @@ class FuseServer:
 
     def op_batch_forget(self, nodeid, ctx, r, w):
         count, _ = r.read_struct(abi.BATCH_FORGET_IN)
-        if count * abi.FORGET_ONE.size > r.remaining():
+        if count * abi.FORGET_ONE.size > r.left:
             log.warning("BATCH_FORGET: count %d exceeds the request; using what is there", count)
-            count = r.remaining() // abi.FORGET_ONE.size
+            count = r.left // abi.FORGET_ONE.size
         data = r.read(count * abi.FORGET_ONE.size)
         for nid, n in abi.FORGET_ONE.iter_unpack(data):
             self.vfs.forget(nid, n)
@@ -337,7 +337,7 @@ class FuseServer:
 
     def op_getattr(self, nodeid, ctx, r, w):
         fh = None
-        if r.remaining() >= abi.GETATTR_IN.size:
+        if r.left >= abi.GETATTR_IN.size:
             flags, _, fh_ = r.read_struct(abi.GETATTR_IN)
             if flags & abi.GETATTR_FH:
                 fh = fh_
@@ -472,8 +472,8 @@ class FuseServer:
 
     def op_write(self, nodeid, ctx, r, w):
         fh, offset, size, flags, _, _, _ = r.read_struct(abi.WRITE_IN)
-        if size > r.remaining():
-            raise OSError(errno.EINVAL, f"WRITE of {size} bytes carries only {r.remaining()}")
+        if size > r.left:
+            raise OSError(errno.EINVAL, f"WRITE of {size} bytes carries only {r.left}")
         n = self.vfs.write(ctx, fh, offset, r.views(size), bool(flags & abi.WRITE_KILL_SUIDGID))
         w.pack(abi.WRITE_OUT, n, 0)
 
