@@ -97,7 +97,7 @@ class Reader:
 
     def views(self, n: int):
         """Up to n bytes as memoryviews without copying (for pwritev)."""
-        if n >= self.left:                 # the rest (a WRITE's data): no walk
+        if n >= self.left:                  # the rest (a WRITE's data): no walk
             views = _rest(self._bufs, self._idx, self._off)
             self._idx, self._off, self.left = len(self._bufs), 0, 0
             return views
