@@ -182,7 +182,7 @@ class FuseServer:
             return self._failed(e, opcode, unique, writer)
         else:                           # (success, inline: the common case)
             if error:
-                return self._error_in_place(writer, unique, error)
+                return self._reply_error(writer, unique, error)
             n = writer.written
             writer.patch(0, abi.OUT_HEADER.pack(n, 0, unique))
             return n
@@ -201,7 +201,7 @@ class FuseServer:
         except Exception as e:
             return self._failed(e, opcode, unique, writer)
         if error:
-            return self._error_in_place(writer, unique, error)
+            return self._reply_error(writer, unique, error)
         n = writer.written
         writer.patch(0, abi.OUT_HEADER.pack(n, 0, unique))
         return n
@@ -216,14 +216,7 @@ class FuseServer:
         else:
             log.error("%s unique=%d failed", abi.OPCODE_NAMES.get(opcode, opcode), unique, exc_info=e)
             error = errno.EIO
-        return self._error_in_place(writer, unique, error)
-
-    @staticmethod
-    def _error_in_place(writer, unique, error):
-        """Turn the reply begun in writer (its header slot skipped) into an error."""
-        writer.truncate(HDR)
-        writer.patch(0, abi.OUT_HEADER.pack(HDR, -error, unique))
-        return HDR
+        return self._reply_error(writer, unique, error)
 
     @staticmethod
     def _take_extensions(reader, n, ctx):
@@ -243,6 +236,7 @@ class FuseServer:
         return Reader([body[:len(body) - n]])
 
     def _reply_error(self, writer, unique, err):
+        """The reply is the header with -err alone, whatever was written so far."""
         if writer.capacity < HDR:
             return 0
         writer.truncate(0)
