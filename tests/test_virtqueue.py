@@ -107,7 +107,7 @@ def test_direct_chain_gives_readable_then_writable_views_into_guest_memory(ring)
     ring.put_desc(1, out, 32, F_WRITE)
     ring.publish(3)
     assert ring.vq.pending() == 1
-    head, readable, writable, readable_size, writable_size = ring.vq.take()
+    head, (readable, writable, readable_size, writable_size) = ring.vq.take()
     assert head == 3 and joined(readable) == b"hello world"
     assert [len(v) for v in writable] == [32]
     assert (readable_size, writable_size) == (11, 32)
@@ -382,7 +382,7 @@ def _indirect(r, table, entries, head=3):
     r.put_desc(head, table, 16 * len(entries), F_INDIRECT)
     r.publish(head)
     assert r.vq.pending() == 1
-    got, readable, writable, readable_size, writable_size = r.vq.take()
+    got, (readable, writable, readable_size, writable_size) = r.vq.take()
     assert got == head
     if readable is not None:                                   # (the sizes are kept with the walk)
         assert (readable_size, writable_size) == (sum(map(len, readable)), sum(map(len, writable)))

@@ -15,7 +15,7 @@ class BadAddress(Exception):
 
 
 class Region:
-    __slots__ = ("gpa", "size", "uaddr", "map", "view")
+    __slots__ = ("gpa", "size", "uaddr", "map", "map_start", "view")
 
     def __init__(self, gpa, size, uaddr, mmap_offset, fd):
         if size <= 0:
@@ -26,6 +26,7 @@ class Region:
         lead = mmap_offset - page_off
         self.map = mmap.mmap(fd, size + lead, flags=mmap.MAP_SHARED,
                              prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=page_off)
+        self.map_start = lead       # where gpa sits in self.map
         self.view = memoryview(self.map)[lead:lead + size]
 
     def close(self):

@@ -33,6 +33,7 @@ class QueueWorker(threading.Thread):
     def __init__(self, device, vqs, pool=None):
         super().__init__(name=f"vq{max(vq.index for vq in vqs)}", daemon=True)
         self.device, self.vqs, self.pool = device, list(vqs), pool
+        self.handle = device.server.handle      # (a bound method made once, not per drain)
         # a deferred reply hands back its chain through its queue's callback
         self.completes = {vq.index: functools.partial(device.complete, vq) for vq in self.vqs}
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
@@ -75,7 +76,7 @@ class QueueWorker(threading.Thread):
 
     def drain(self, vq):
         # memory cannot change under us: SET_MEM_TABLE stops the queue first
-        handle, complete = self.device.server.handle, self.completes[vq.index]
+        handle, complete = self.handle, self.completes[vq.index]
         pool = self.pool if vq.index else None      # the high-priority queue runs inline
         try:
             n = vq.pending() or vq.rearm()      # rearm: published while we looked away (EVENT_IDX)
@@ -84,7 +85,7 @@ class QueueWorker(threading.Thread):
                     vq.notify()
                     return
                 n -= 1
-                head, readable, writable, readable_size, writable_size = vq.take()
+                head, (readable, writable, readable_size, writable_size) = vq.take()
                 if readable is None:
                     vq.push(head, 0)
                 elif pool is not None:
@@ -112,8 +113,8 @@ class QueueWorker(threading.Thread):
         """One chain on a pool thread (--thread-pool-size)."""
         complete = self.completes[vq.index]
         try:
-            n = self.device.server.handle(Reader(readable, True, readable_size),
-                                          Writer(writable, True, writable_size), complete, head)
+            n = self.handle(Reader(readable, True, readable_size),
+                            Writer(writable, True, writable_size), complete, head)
         except Exception:
             self.device.log.exception("queue %d: request failed", vq.index)
             n = 0

@@ -52,6 +52,9 @@ def _sized(walked):
     return readable, writable, sum(map(len, readable)), sum(map(len, writable))
 
 
+_REFUSED = (None, None, 0, 0)      # what take() gives for a malformed chain
+
+
 class BadChain(Exception):
     pass
 
@@ -130,14 +133,16 @@ class Virtqueue:
         """Next chain as (head, readable views, writable views), None when empty."""
         if not self.pending():
             return None
-        return self.take()[:3]
+        head, (readable, writable, _, _) = self.take()
+        return head, readable, writable
 
     def take(self):
         """The next chain, once pending() said there is one, as (head,
-        readable views, writable views, bytes readable, bytes writable). A
-        malformed chain is returned with views None (push it with len 0); a
-        bad head index raises BadChain: the queue cannot go on. The lists of
-        views may be shared with other chains: read them, never change them."""
+        (readable views, writable views, bytes readable, bytes writable)).
+        A malformed chain is returned with views None (push it with len 0);
+        a bad head index raises BadChain: the queue cannot go on. The inner
+        tuple and its lists may be shared with other chains: read them, never
+        change them."""
         last = self.last_avail
         head = self.avail16[2 + last % self.size]
         self.last_avail = (last + 1) & 0xFFFF
@@ -145,37 +150,40 @@ class Virtqueue:
             raise BadChain(f"queue {self.index}: head index {head} outside a table of {self.size}")
         try:
             addr, length, flags, nxt = DESC.unpack_from(self.desc, 16 * head)
-            if flags & F_INDIRECT:
-                return (head, *self._walk_indirect(addr, length, flags))
-            return (head, *_sized(self._walk(self.desc, self.size, addr, length, flags, nxt)))
+            if not flags & F_INDIRECT:
+                return head, _sized(self._walk(self.desc, self.size, addr, length, flags, nxt))
+            # an indirect table (Linux sends every request in one), in this
+            # frame: it is the path every request takes
+            if flags & F_NEXT:
+                raise BadChain("indirect descriptor chained to others")
+            if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
+                raise BadChain(f"indirect table of {length} bytes")
+            region = self.mem.last_region
+            off = addr - region.gpa if region is not None else -1
+            if off >= 0 and off + length <= region.size:
+                start = region.map_start + off          # sliced from the mapping: bytes at once
+                table = region.map[start:start + length]
+            else:
+                table = bytes(self.mem.contiguous(addr, length))
+                region = self.mem.last_region
+            # One copy of the table: it is both the key and what is walked, so
+            # the guest cannot change an entry between the two.
+            walked = self._walked.get(table)
+            if walked is None:
+                walked = self._keep_walked(table, _sized(self._walk_table(table, region)))
+            return head, walked
         except (BadChain, BadAddress) as e:
             log.warning("queue %d: refused descriptor chain at %d: %s", self.index, head, e)
-            return head, None, None, 0, 0
+            return head, _REFUSED
 
-    def _walk_indirect(self, addr, length, flags):
-        if flags & F_NEXT:
-            raise BadChain("indirect descriptor chained to others")
-        if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
-            raise BadChain(f"indirect table of {length} bytes")
-        region = self.mem.last_region
-        off = addr - region.gpa if region is not None else -1
-        if off >= 0 and off + length <= region.size:
-            table = bytes(region.view[off:off + length])
-        else:
-            table = bytes(self.mem.contiguous(addr, length))
-            region = self.mem.last_region
-        # One copy of the table: it is both the key and what is walked, so the
-        # guest cannot change an entry between the two.
-        walked = self._walked.get(table)
-        if walked is None:
-            walked = _sized(self._walk_table(table, region))
-            entries = length // 16
-            if entries <= WALKED_ENTRIES:
-                self._walked_entries += entries
-                while self._walked_entries > WALKED_ENTRIES:
-                    oldest, _ = self._walked.popitem(last=False)
-                    self._walked_entries -= len(oldest) // 16
-                self._walked[table] = walked
+    def _keep_walked(self, table, walked):
+        entries = len(table) // 16
+        if entries <= WALKED_ENTRIES:
+            self._walked_entries += entries
+            while self._walked_entries > WALKED_ENTRIES:
+                oldest, _ = self._walked.popitem(last=False)
+                self._walked_entries -= len(oldest) // 16
+            self._walked[table] = walked
         return walked
 
     def _walk_table(self, table, region):
