@@ -27,6 +27,10 @@ TAG_SIZE = 36
 STOP_TIMEOUT = 30
 
 
+def _empty_pair():
+    return Reader([], True, 0), Writer([], True, 0)
+
+
 class QueueWorker(threading.Thread):
     """Serves a fixed set of queues; the device replaces it when the set changes."""
 
@@ -34,6 +38,7 @@ class QueueWorker(threading.Thread):
         super().__init__(name=f"vq{max(vq.index for vq in vqs)}", daemon=True)
         self.device, self.vqs, self.pool = device, list(vqs), pool
         self.handle = device.server.handle      # (a bound method made once, not per drain)
+        self.reader, self.writer = _empty_pair()
         # a deferred reply hands back its chain through its queue's callback
         self.completes = {vq.index: functools.partial(device.complete, vq) for vq in self.vqs}
         self.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
@@ -78,6 +83,9 @@ class QueueWorker(threading.Thread):
         # memory cannot change under us: SET_MEM_TABLE stops the queue first
         handle, complete = self.handle, self.completes[vq.index]
         pool = self.pool if vq.index else None      # the high-priority queue runs inline
+        # one Reader and Writer serve request after request, initialised in
+        # place: no C call into each __init__, no two objects made and freed
+        reader, writer = self.reader, self.writer
         try:
             n = vq.pending() or vq.rearm()      # rearm: published while we looked away (EVENT_IDX)
             while n:
@@ -91,14 +99,17 @@ class QueueWorker(threading.Thread):
                 elif pool is not None:
                     pool.submit(self.serve_one, vq, head, readable, writable, readable_size, writable_size)
                 else:
+                    reader.__init__(readable, True, readable_size)
+                    writer.__init__(writable, True, writable_size)
                     try:
-                        k = handle(Reader(readable, True, readable_size), Writer(writable, True, writable_size),
-                                   complete, head)
+                        k = handle(reader, writer, complete, head)
                     except Exception:           # a server bug must not take the queue down
                         self.device.log.exception("queue %d: request failed", vq.index)
                         k = 0
                     if k != DEFERRED:
                         vq.push(head, k)
+                    else:                       # replied to later, from a thread that keeps this pair
+                        reader, writer = self.reader, self.writer = _empty_pair()
                 if not n:
                     # signal what is used before looking for more: a guest
                     # waiting on this reply need not wait for those too
