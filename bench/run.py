@@ -49,18 +49,15 @@ span() {{ name=$1; shift; t0=$(fsbench now); "$@" >/dev/null 2>&1 || echo "BENCH
 cd /mnt
 mark meta; fsbench meta /mnt/meta {files}; mark meta-end
 mark seq; fsbench seqwrite /mnt/seq.bin {seq_mib}; echo 3 > /proc/sys/vm/drop_caches; fsbench seqread /mnt/seq.bin; mark seq-end
-mark rand; fsbench seqwrite /mnt/rand.bin {rand_mib} >/dev/null
-fio --name=rand --filename=/mnt/rand.bin --rw=randrw --rwmixread=50 --bs=4k --size={rand_mib}m \
-    --runtime={rand_secs} --time_based --ioengine=psync --minimal > /tmp/fio.out || echo "BENCH-FAIL fio"
-# terse v3: $6/$47 KiB read/written, $9 runtime in ms
-awk -F';' '{{printf "rand_rw_4k %.3f %d\n", $9 / 1000, ($6 + $47) / 4}}' /tmp/fio.out
-mark rand-end
-mark paced
-fio --name=paced --filename=/mnt/rand.bin --rw=randrw --rwmixread=50 --bs=4k --size={rand_mib}m \
-    --runtime={rand_secs} --time_based --ioengine=psync --rate_iops={paced_iops} --minimal > /tmp/fio.out \
-    || echo "BENCH-FAIL fio"
-awk -F';' '{{printf "rand_paced_4k %.3f %d\n", $9 / 1000, ($6 + $47) / 4}}' /tmp/fio.out
-mark paced-end
+randrw() {{     # 4 KiB random r/w for a fixed time; prints "$1 seconds operations"
+    timing=$1; shift
+    fio --name=$timing --filename=/mnt/rand.bin --rw=randrw --rwmixread=50 --bs=4k --size={rand_mib}m \
+        --runtime={rand_secs} --time_based --ioengine=psync --minimal "$@" > /tmp/fio.out || echo "BENCH-FAIL fio"
+    # terse v3: $6/$47 KiB read/written, $9 runtime in ms
+    awk -F';' -v t=$timing '{{printf "%s %.3f %d\n", t, $9 / 1000, ($6 + $47) / 4}}' /tmp/fio.out
+}}
+mark rand; fsbench seqwrite /mnt/rand.bin {rand_mib} >/dev/null; randrw rand_rw_4k; mark rand-end
+mark paced; randrw rand_paced_4k --rate_iops={paced_iops}; mark paced-end
 mark tree
 span tree_untar tar -xf /mnt/tree.tar -C /mnt/tree
 echo 3 > /proc/sys/vm/drop_caches
