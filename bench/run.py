@@ -19,6 +19,7 @@ it is run a second time paced (fio --rate_iops, the same for both, below
 what either sustains): CPU per request at equal load.
 """
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -39,8 +40,8 @@ import guest  # noqa: E402
 BUILD = os.path.join(HERE, ".build")
 RESULTS = os.path.join(HERE, "results")
 SIZES = {
-    "full": dict(files=5000, seq_mib=256, rand_mib=64, rand_secs=10, paced_iops=500, par_files=1250, tree_src="/usr/lib/python3.11"),
-    "quick": dict(files=500, seq_mib=32, rand_mib=16, rand_secs=3, paced_iops=500, par_files=200, tree_src="/usr/lib/python3.11/email"),
+    "full": dict(files=5000, seq_mib=256, rand_mib=64, rand_secs=10, paced_iops=500, par_files=1250, tree=("Django-4.2.16/tests/", "Django-4.2.16/docs/")),
+    "quick": dict(files=500, seq_mib=32, rand_mib=16, rand_secs=3, paced_iops=500, par_files=200, tree=("Django-4.2.16/django/db/",)),
 }
 
 SCRIPT = r"""
@@ -59,12 +60,12 @@ randrw() {{     # 4 KiB random r/w for a fixed time; prints "$1 seconds operatio
 mark rand; fsbench seqwrite /mnt/rand.bin {rand_mib} >/dev/null; randrw rand_rw_4k; mark rand-end
 mark paced; randrw rand_paced_4k --rate_iops={paced_iops}; mark paced-end
 mark tree
-span tree_untar tar -xf /mnt/tree.tar -C /mnt/tree
+span tree_untar gnu-tar -xf /mnt/tree.tar -C /mnt/tree
 echo 3 > /proc/sys/vm/drop_caches
-span tree_find find /mnt/tree
-span tree_ls_lR ls -lR /mnt/tree
-span tree_du du -s /mnt/tree
-span tree_rm rm -rf /mnt/tree
+span tree_find gnu-find /mnt/tree
+span tree_ls_lR gnu-ls -lR /mnt/tree
+span tree_du gnu-du -s /mnt/tree
+span tree_rm gnu-rm -rf /mnt/tree
 mark tree-end
 mark par; fsbench meta-par /mnt/par {par_files} 4; mark par-end
 rm -rf /mnt/meta /mnt/par /mnt/seq.bin /mnt/rand.bin
@@ -88,23 +89,55 @@ def fsbench_binary():
     return guest.static_binary(os.path.join(HERE, "fsbench.c"), BUILD)
 
 
+# the tree workload's tools, GNU's as a distribution's guest has them, not
+# busybox's: busybox tar makes every member's parent directories again from
+# the top (a stat of each level of the path), and its find, ls and du stat
+# each entry by its full path; at cache=never every level of such a path is
+# a LOOKUP, some 300 requests per file of a deep tree against a dozen
+GNU_TOOLS = ("tar", "find", "ls", "du", "rm")
+
+
 def guest_tools(fsbench):
-    """Files for the guest: fsbench, and fio with the shared libraries it needs."""
-    fio = shutil.which("fio")
-    if fio is None:
-        raise RuntimeError("fio is missing: install it (make deps)")
-    files = {"bin/fsbench": fsbench, "usr/bin/fio": fio}
-    files.update({lib: lib for lib in guest.libs_of(fio)})
+    """Files for the guest: fsbench, fio and GNU's GNU_TOOLS (as
+    /usr/bin/gnu-NAME), with the shared libraries they need."""
+    tools = {"usr/bin/fio": "fio", **{f"usr/bin/gnu-{t}": t for t in GNU_TOOLS}}
+    files = {"bin/fsbench": fsbench}
+    for guest_path, name in tools.items():
+        path = shutil.which(name)
+        if path is None:
+            raise RuntimeError(f"{name} is missing: install it (make deps)")
+        files[guest_path] = path
+        files.update({lib: lib for lib in guest.libs_of(path)})
     return files
 
 
-def tree_tarball(src):
-    """A source tree of a few thousand small files, as a tarball."""
-    name = os.path.join(BUILD, re.sub(r"\W", "_", src) + ".tar")
+# (d)'s source tree: a released source distribution, pinned by its hash, so
+# that every machine untars the same files. `full` takes its tests and docs,
+# 3,076 files in 758 directories (the whole of it, 6,725 files, took one boot
+# at cache=never nearly ten minutes, most of it in ls -lR)
+TREE_SDIST = ("django==4.2.16", "Django-4.2.16.tar.gz",
+              "6f1616c2786c408ce86ab7e10f792b8f15742f7b7b7460243929cb371e7f1dad")
+
+
+def tree_tarball(prefixes):
+    """The members of the source distribution under prefixes, as an
+    uncompressed tarball (the guest's untar then measures the file system,
+    not gunzip under TCG); -> (its path, how many files it holds)."""
+    requirement, sdist, sha256 = TREE_SDIST
+    name = os.path.join(BUILD, re.sub(r"\W", "_", "+".join(prefixes)) + ".tar")
     if not os.path.exists(name):
         os.makedirs(BUILD, exist_ok=True)
-        with tarfile.open(name + ".tmp", "w") as tar:
-            tar.add(src, arcname=".", filter=lambda ti: None if "__pycache__" in ti.name else ti)
+        path = os.path.join(BUILD, sdist)
+        if not os.path.exists(path):
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                            "-d", BUILD, requirement], check=True)
+        with open(path, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != sha256:
+                raise RuntimeError(f"{path}: not the sha256 pinned in TREE_SDIST")
+        with tarfile.open(path) as src, tarfile.open(name + ".tmp", "w") as tar:
+            for m in src:
+                if m.name.startswith(prefixes) and (m.isfile() or m.isdir()):
+                    tar.addfile(m, src.extractfile(m) if m.isfile() else None)
         os.rename(name + ".tmp", name)
     with tarfile.open(name) as tar:
         files = sum(1 for m in tar if m.isfile())
@@ -370,7 +403,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sizes = SIZES[args.size]
     fsbench = fsbench_binary()
-    tree, nfiles = tree_tarball(sizes["tree_src"])
+    tree, nfiles = tree_tarball(sizes["tree"])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     data = {"stamp": stamp, "size": args.size, "sizes": sizes, "tree_files": nfiles,
             "kernel": guest.kernel()[1], "accel": os.environ.get("QEMU_ACCEL", "tcg"), "guest": {}}

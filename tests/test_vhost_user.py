@@ -461,6 +461,25 @@ def test_a_reply_is_signalled_before_chains_published_meanwhile_are_served(echo)
     assert fe.wait_used(q, 0)[0] == held
 
 
+def test_requests_waiting_on_queue_1_go_between_the_chains_of_queue_0(echo):
+    """A burst of FORGETs on queue 0 (a guest dropping its caches) does not
+    hold back a request: between two chains of queue 0 the worker serves
+    what waits on queue 1, then goes on with queue 0."""
+    server, fe, _ = echo
+    fe.handshake()
+    q0, q1 = fe.queues[0], fe.queues[1]
+    request, outs = fe.chain(q1, [b"request"], [16])
+    server.during[b"forget 0"] = lambda: fe.publish(q1, request)
+    forgets = [fe.chain(q0, [b"forget %d" % i], [16])[0] for i in range(4)]
+    for head in forgets:
+        fe.publish(q0, head, kick=False)
+    os.eventfd_write(q0.kick, 1)
+    assert fe.wait_used(q1) == (request, 7)
+    assert bytes(fe.view[outs[0]:outs[0] + 7]) == b"tseuqer"
+    assert [fe.wait_used(q0)[0] for _ in forgets] == forgets
+    assert [data for _, data in server.seen] == [b"forget 0", b"request", b"forget 1", b"forget 2", b"forget 3"]
+
+
 def test_call_fd_replaced_on_a_running_queue(echo):
     server, fe, _ = echo
     fe.handshake()

@@ -5,7 +5,12 @@ through the FUSE server and signals the guest once the chains in sight are
 served (before it looks for chains published meanwhile). The worker of
 queue 1 serves queue 0 as well: a FORGET then costs no thread of its own
 (a wake-up, and a GIL hand-over whenever both were busy), and often shares
-a wake-up with the requests around it.
+a wake-up with the requests around it. Requests go first: between two
+chains of queue 0 the worker serves what queue 1 has waiting, so that a
+burst of FORGETs (a guest dropping its inode cache sends thousands, one
+chain each) does not stand between a process and its replies. Nobody
+waits on a FORGET; "high priority" means it must never wait behind
+requests that cannot finish, and none waits on queue 0.
 """
 import contextlib
 import functools
@@ -38,6 +43,8 @@ class QueueWorker(threading.Thread):
         super().__init__(name=f"vq{max(vq.index for vq in vqs)}", daemon=True)
         self.device, self.vqs, self.pool = device, list(vqs), pool
         self.handle = device.server.handle      # (a bound method made once, not per drain)
+        # the request queue whose waiting chains are served between those of queue 0
+        self.requests_first = next((vq for vq in self.vqs if vq.index == 1), None)
         self.reader, self.writer = _empty_pair()
         # a deferred reply hands back its chain through its queue's callback
         self.completes = {vq.index: functools.partial(device.complete, vq) for vq in self.vqs}
@@ -83,6 +90,7 @@ class QueueWorker(threading.Thread):
         # memory cannot change under us: SET_MEM_TABLE stops the queue first
         handle, complete = self.handle, self.completes[vq.index]
         pool = self.pool if vq.index else None      # the high-priority queue runs inline
+        first = self.requests_first if not vq.index else None
         # one Reader and Writer serve request after request, initialised in
         # place: no C call into each __init__, no two objects made and freed
         reader, writer = self.reader, self.writer
@@ -110,6 +118,9 @@ class QueueWorker(threading.Thread):
                         vq.push(head, k)
                     else:                       # replied to later, from a thread that keeps this pair
                         reader, writer = self.reader, self.writer = _empty_pair()
+                if first is not None and first.avail16[1] != first.last_avail and first.index not in self.broken:
+                    self.drain(first)
+                    reader, writer = self.reader, self.writer   # (that drain may have given its pair away)
                 if not n:
                     # signal what is used before looking for more: a guest
                     # waiting on this reply need not wait for those too
