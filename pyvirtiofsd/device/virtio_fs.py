@@ -9,8 +9,9 @@ a wake-up with the requests around it. Requests go first: between two
 chains of queue 0 the worker serves what queue 1 has waiting, so that a
 burst of FORGETs (a guest dropping its inode cache sends thousands, one
 chain each) does not stand between a process and its replies. Nobody
-waits on a FORGET; "high priority" means it must never wait behind
-requests that cannot finish, and none waits on queue 0.
+waits on a FORGET. Queue 0 still never waits behind a request that cannot
+finish (a SETLKW that waits is deferred), and it goes on as soon as queue 1
+is empty, which it is whenever the guest has no request in flight.
 """
 import contextlib
 import functools
