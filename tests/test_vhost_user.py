@@ -480,6 +480,26 @@ def test_requests_waiting_on_queue_1_go_between_the_chains_of_queue_0(echo):
     assert [data for _, data in server.seen] == [b"forget 0", b"request", b"forget 1", b"forget 2", b"forget 3"]
 
 
+def test_a_request_deferred_between_chains_of_queue_0_keeps_its_reply_buffer(echo):
+    """A request served between two chains of queue 0 may wait (SETLKW): it
+    keeps its Reader and Writer, and queue 0 goes on with new ones."""
+    server, fe, _ = echo
+    fe.handshake()
+    q0, q1 = fe.queues[0], fe.queues[1]
+    later, outs = fe.chain(q1, [b"later"], [16])
+    server.during[b"forget 0"] = lambda: fe.publish(q1, later)
+    forgets = [fe.chain(q0, [b"forget %d" % i], [16]) for i in range(3)]
+    for head, _ in forgets:
+        fe.publish(q0, head, kick=False)
+    os.eventfd_write(q0.kick, 1)
+    for i, (head, out) in enumerate(forgets):
+        assert fe.wait_used(q0) == (head, 8)
+        assert bytes(fe.view[out[0]:out[0] + 8]) == (b"forget %d" % i)[::-1]
+    server.release.set()
+    assert fe.wait_used(q1) == (later, 5)
+    assert bytes(fe.view[outs[0]:outs[0] + 5]) == b"retal"
+
+
 def test_call_fd_replaced_on_a_running_queue(echo):
     server, fe, _ = echo
     fe.handshake()
