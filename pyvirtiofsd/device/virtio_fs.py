@@ -119,7 +119,7 @@ class QueueWorker(threading.Thread):
                         vq.push(head, k)
                     else:                       # replied to later, from a thread that keeps this pair
                         reader, writer = self.reader, self.writer = _empty_pair()
-                if first is not None and first.avail16[1] != first.last_avail and first.index not in self.broken:
+                if first is not None and first.has_waiting() and first.index not in self.broken:
                     self.drain(first)
                     reader, writer = self.reader, self.writer   # (that drain may have given its pair away)
                 if not n:

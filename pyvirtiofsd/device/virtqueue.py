@@ -115,6 +115,11 @@ class Virtqueue:
             raise BadChain(f"queue {self.index}: avail idx {avail_idx} is {n} ahead of {self.last_avail}")
         return n
 
+    def has_waiting(self) -> bool:
+        """Has the guest published chains not taken yet? A peek for another
+        queue's worker loop: pending(), which the drain calls, checks the index."""
+        return self.avail16[1] != self.last_avail
+
     def rearm(self) -> int:
         """Before sleeping on the kick fd: how many chains are still waiting?
 
