@@ -43,7 +43,8 @@ from pyvirtiofsd.vfs.backend import ROOT_CTX                      # noqa: E402
 from pyvirtiofsd.vfs.backends.host import HostBackend             # noqa: E402
 from pyvirtiofsd.vfs.vfs import Vfs                               # noqa: E402
 
-KINDS = ("getattr", "lookup", "lookup_missing", "read", "write", "read1m", "write1m", "read1m_contig", "write1m_contig")
+KINDS = ("getattr", "lookup", "lookup_missing", "read", "write", "read1m", "write1m", "read1m_contig", "write1m_contig",
+         "readdirplus", "readdirplus_new")
 CHAINS = 64                     # chains published per round, served in one drain
 BIG_CHAINS = 8                  # (for the 1 MiB kinds)
 PAGE = 4096
@@ -81,6 +82,9 @@ def _requests(kind, nodeid, fh):
     if kind == "write":
         body = abi.WRITE_IN.pack(fh, 4096, 4096, 0, 0, 0, 0)
         return [header(abi.WRITE, nodeid, len(body) + 4096), body, b"y" * 4096], [16, abi.WRITE_OUT.size]
+    if kind.startswith("readdirplus"):
+        body = abi.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0)
+        return [header(abi.READDIRPLUS, nodeid, len(body)), body], [16, 4096]
     if kind in ("read1m", "read1m_contig"):
         body = abi.READ_IN.pack(fh, 0, 1 << 20, 0, 0, 0, 0)
         return [header(abi.READ, nodeid, len(body)), body], [16] + [PAGE] * 256
@@ -89,6 +93,31 @@ def _requests(kind, nodeid, fh):
         pages = [b"y" * PAGE] * 256
         return [header(abi.WRITE, nodeid, len(body) + (1 << 20)), body, *pages], [16, abi.WRITE_OUT.size]
     return [], []               # "none": publishing only, subtracted from the others
+
+
+def _listings(server, share, kind, chains):
+    """READDIRPLUS requests, each of a directory of 20 files named as a source
+    tree's are (all 20 and '.' and '..' fit in its 4 KiB): one directory
+    for every chain of readdirplus_new (each drain looks up 1,280 inodes
+    the daemon does not hold), the same one for all of readdirplus (held
+    from the first chain on)."""
+    requests = []
+    for i in range(chains if kind == "readdirplus_new" else 1):
+        os.mkdir(os.path.join(share, f"d{i}"))
+        for j in range(20):
+            open(os.path.join(share, f"d{i}", f"test_module_{j:02}.py"), "w").close()
+        dirid, _ = server.vfs.lookup(ROOT_CTX, abi.ROOT_ID, f"d{i}".encode())
+        requests.append(_requests(kind, dirid, server.vfs.opendir(ROOT_CTX, dirid, os.O_RDONLY)))
+    return requests * (chains // len(requests))
+
+
+def _forget_listed(vfs, requests, file_nodeid):
+    """Forget what the READDIRPLUS replies looked up: all nodes but the root,
+    the file and the directories listed."""
+    keep = {abi.ROOT_ID, file_nodeid} | {abi.IN_HEADER.unpack(parts[0])[3] for parts, _ in requests}
+    for node in list(vfs._nodes.values()):
+        if node.nodeid not in keep:
+            vfs.forget(node.nodeid, node.nlookup)
 
 
 def chains_of(kind):
@@ -113,8 +142,10 @@ def child(kind, rounds, new_tables):
     vq.size, vq.addrs, vq.event_idx = RING, (0, 0x2000, 0x1000), True     # desc, used, avail
     vq.attach(mem)
     worker = virtio_fs.QueueWorker(_Device(server), [vq])
-    parts, outs = _requests(kind, nodeid, fh)
     chains = chains_of(kind)
+    requests = [_requests(kind, nodeid, fh)] * chains
+    if kind.startswith("readdirplus"):
+        requests = _listings(server, share, kind, chains)
 
     contiguous = kind.endswith("_contig")
 
@@ -130,7 +161,7 @@ def child(kind, rounds, new_tables):
         return addr
 
     heap = 0x10000
-    for head in range(chains):
+    for head, (parts, outs) in enumerate(requests):
         descs = []
         for data in parts:
             addr = place(len(data))
@@ -160,6 +191,8 @@ def child(kind, rounds, new_tables):
             vq.last_avail = idx
         if kind == "lookup":
             server.vfs.forget(nodeid, chains)
+        if kind == "readdirplus_new":
+            _forget_listed(server.vfs, requests, nodeid)
         failed = vq.used_elems[0] >> 32 <= abi.OUT_HEADER.size       # (id, len) of the first
         if parts and failed != (kind == "lookup_missing"):               # (that one must fail)
             raise SystemExit(f"{kind}: a reply of {vq.used_elems[0] >> 32} bytes, not what this kind gives")

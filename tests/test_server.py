@@ -323,6 +323,33 @@ def test_readdirplus_counts_lookups_exactly(fc, server, share):
     fc.releasedir(ROOT, fh)
 
 
+def test_readdirplus_lists_names_gone_since_the_listing_without_attributes(fc, server, share):
+    """A name removed after the listing was taken is listed with nodeid 0 (the
+    kernel then takes the dirent alone), not dropped: a chunk whose names
+    have all gone must not come back empty, which the kernel reads as the
+    end of the directory. Its neighbours are looked up as ever."""
+    names = [f"n{i:02}" for i in range(40)]
+    for n in names:
+        (share / n).write_bytes(b"")
+    fh = fc.opendir(ROOT)
+    first = fc.readdir(ROOT, fh, 0, size=600, plus=True)       # the snapshot is taken here
+    rest = [n for n in names if n.encode() not in {e[0] for e in first}]
+    gone, kept = rest[:6], rest[6:]
+    for n in gone:
+        (share / n).unlink()
+    seen, off = {}, first[-1][3]
+    while batch := fc.readdir(ROOT, fh, off, size=600, plus=True):
+        seen.update((e[0], e[4]) for e in batch)
+        off = batch[-1][3]
+    assert sorted(seen) == sorted(n.encode() for n in rest)
+    for n in gone:
+        assert seen[n.encode()].nodeid == 0
+    for n in kept:
+        assert server.vfs.node(seen[n.encode()].nodeid).nlookup == 1
+        assert_attr_matches(seen[n.encode()].attr, share / n)
+    fc.releasedir(ROOT, fh)
+
+
 def test_statfs_matches_host(fc, share):
     blocks, bfree, bavail, files, ffree, bsize, namelen, frsize = fc.statfs()
     sv = os.statvfs(share)

@@ -91,6 +91,13 @@ def _packed_attr(a):
                          a.st_mode, a.st_nlink, a.st_uid, a.st_gid, encode_dev(a.st_rdev) if a.st_rdev else 0, a.st_blksize, 0)
 
 
+_DOTS = (b".", b"..")
+_NO_ENTRY = bytes(abi.ENTRY_OUT.size)
+_PLUS_FIXED = abi.ENTRY_OUT.size + abi.DIRENT.size      # a READDIRPLUS record without its name
+_ZEROS = bytes(8)                       # the record's padding: its name's length to 8
+assert _PLUS_FIXED % 8 == 0
+
+
 class FuseServer:
     def __init__(self, vfs, *, log_requests: bool = False, readdirplus: bool | None = None):
         """readdirplus: offer READDIRPLUS; by default not with cache=never,
@@ -544,27 +551,31 @@ class FuseServer:
     def op_readdirplus(self, nodeid, ctx, r, w):
         fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)
         room = min(size, w.available())
+        listed = []
+        for e in self.vfs.readdir(ctx, fh, offset):
+            room -= (_PLUS_FIXED + 7 + len(e.name)) & -8
+            if room < 0:
+                break
+            listed.append(e)
+        # the kernel ignores the entries of '.' and '..' and counts no lookup for them
+        found = iter(self.vfs.lookup_listed(ctx, nodeid, [e for e in listed if e.name not in _DOTS]))
+        entry_head = abi.ENTRY_HEAD.pack
+        dirent = abi.DIRENT.pack
         ev, evn = self._entry_valid
         av, avn = self._attr_valid
         out = []                        # (one write for all, as in READDIR)
-        for e in self.vfs.readdir(ctx, fh, offset):
-            rec = abi.dirent_size(len(e.name), plus=True)
-            if rec > room:
-                break
-            if e.name in (b".", b".."):
-                # the kernel ignores entries of '.' and '..' and counts no lookup
-                entry = bytes(abi.ENTRY_OUT.size)
+        put = out.append
+        for e in listed:
+            name = e.name
+            f = None if name in _DOTS else next(found)
+            if f is None:               # (nodeid 0: the guest takes the name without attributes)
+                put(_NO_ENTRY)
             else:
-                try:
-                    child, attr = self.vfs.lookup(ctx, nodeid, e.name)
-                except OSError as err:
-                    if err.errno == errno.ENOENT:   # gone since the listing was taken
-                        continue
-                    raise
-                entry = abi.ENTRY_HEAD.pack(child, 0, ev, av, evn, avn) + _packed_attr(attr)
-            room -= rec
-            out.append(entry + abi.DIRENT.pack(e.ino, e.next_offset, len(e.name), e.type) + e.name
-                       + b"\0" * (rec - abi.ENTRY_OUT.size - abi.DIRENT.size - len(e.name)))
+                put(entry_head(f[0], 0, ev, av, evn, avn))
+                put(_packed_attr(f[1]))
+            put(dirent(e.ino, e.next_offset, len(name), e.type))
+            put(name)
+            put(_ZEROS[:-len(name) & 7])
         w.write(b"".join(out))
 
     def op_releasedir(self, nodeid, ctx, r, w):

@@ -141,6 +141,19 @@ class Backend:
         """-> (handle, Attr). ENOENT when absent."""
         _nosys()
 
+    def lookup_listed(self, ctx: Ctx, parent, entries) -> list:
+        """READDIRPLUS: look up the entries (DirEntry) just listed from parent
+        -> one (handle, Attr) per entry, None where the lookup failed (the
+        name gone since the listing, say): that entry is listed without
+        attributes and the guest looks it up itself when it needs it."""
+        found = []
+        for e in entries:
+            try:
+                found.append(self.lookup(ctx, parent, e.name))
+            except OSError:
+                found.append(None)
+        return found
+
     def forget(self, handle) -> None:
         """Give back one reference to handle. Every handle a backend returns
         (lookup, create, ...) is one reference, also when it is an object it

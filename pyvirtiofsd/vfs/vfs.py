@@ -134,6 +134,12 @@ class Vfs:
     def lookup(self, ctx: Ctx, parent: int, name: bytes):
         return self._entry(self.backend.lookup(ctx, self.node(parent).handle, check_name(name)))
 
+    def lookup_listed(self, ctx: Ctx, parent: int, entries) -> list:
+        """READDIRPLUS: -> one (nodeid, attr) per entry just listed from
+        parent, None where it could not be looked up."""
+        found = self.backend.lookup_listed(ctx, self.node(parent).handle, entries)
+        return [None if f is None else self._entry(f) for f in found]
+
     def getattr(self, ctx: Ctx, nodeid: int, fh=None):
         obj = self.file(fh).obj if fh is not None else None
         return self.backend.getattr(ctx, self.node(nodeid).handle, obj)

@@ -155,15 +155,34 @@ class HostBackend(Backend):
         return h
 
     def lookup(self, ctx, parent, name):
+        return self._lookup(parent, check_name(name))
+
+    def _lookup(self, parent, name):
         # the name's inode, if we hold it already: its key cannot belong to
         # another inode while our descriptor keeps it alive
-        name = check_name(name)
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         with self._inodes_lock:
             h = self._held((st.st_dev, st.st_ino))
         if h is not None:
             return h, st
         return self._open_inode(parent, name)
+
+    def lookup_listed(self, ctx, parent, entries):
+        # The inode number the listing gave says whether we may hold the
+        # entry's inode: if not, open it at once (a new inode needs the open
+        # and an fstat) rather than stat it first. A hint only: the open by
+        # name decides, and _inode finds a held inode again by its key.
+        # (The names are the host's own, as listed: no check_name.)
+        dev = parent.key[0]
+        held = self._inodes
+        found = []
+        for e in entries:
+            try:
+                found.append(self._lookup(parent, e.name) if (dev, e.ino) in held
+                             else self._open_inode(parent, e.name))
+            except OSError:
+                found.append(None)
+        return found
 
     def forget(self, handle):
         if handle is self._root:
@@ -439,10 +458,11 @@ class HostBackend(Backend):
 
 
 def _dtype(entry) -> int:
-    if entry.is_symlink():
-        return stat.S_IFLNK >> 12
-    if entry.is_dir(follow_symlinks=False):
-        return stat.S_IFDIR >> 12
+    # (most entries are files, then directories)
     if entry.is_file(follow_symlinks=False):
         return stat.S_IFREG >> 12
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR >> 12
+    if entry.is_symlink():
+        return stat.S_IFLNK >> 12
     return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
