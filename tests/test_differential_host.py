@@ -508,6 +508,8 @@ CORPUS = {
         R("lstat", "l"), R("stat", "l"), R("chmod", "l", 0o600), R("lstat", "f"),
         R("fchmod", 0, 0o640), R("fstat", 0), R("mkdir", "d", 0o755), R("utime", "d", (T1, T1)),
         R("lstat", "d"), R("chmod", "missing", 0o644),
+        # chown(-1, -1) clears setuid from any file but a directory, a fifo's too
+        R("mkfifo", "p", 0o4755), R("lstat", "p"), R("chown", "p", -1, -1, False), R("lstat", "p"),
     ],
     "xattrs": [
         R("open", "f", WO | CREAT, 0o644, 0), R("listxattr", "f"), R("getxattr", "f", "user.a"),

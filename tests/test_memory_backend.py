@@ -1142,7 +1142,9 @@ OPS = st.one_of(
     st.tuples(st.just("rmdir"), path),
     st.tuples(st.just("unlink"), path),
     st.tuples(st.just("link"), path, path),
-    st.tuples(st.just("symlink"), st.sampled_from(["f", "../d", "/abs", "d/e"]), path),
+    # (an upward target at the top would leave the export, which the path model here cannot follow)
+    st.tuples(st.just("symlink"), st.sampled_from(["f", "../d", "/abs", "d/e"]), path).filter(
+        lambda op: "/" in op[2] or not op[1].startswith("..")),
     st.tuples(st.just("readlink"), path),
     st.tuples(st.just("mknod"), path, st.sampled_from([stat.S_IFIFO | 0o644, stat.S_IFSOCK | 0o755,
                                                        stat.S_IFCHR | 0o600]), st.just(0)),

@@ -235,10 +235,11 @@ class HostBackend(Backend):
     @staticmethod
     def _kill_suidgid(fd):
         """Clear setuid, and setgid with group-exec, as a write by a
-        non-root caller would (we write as root, so the kernel won't)."""
+        non-root caller would (we write as root, so the kernel won't), and as
+        chown does to any file but a directory (a fifo's too)."""
         mode = os.fstat(fd).st_mode
         kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
-        if stat.S_ISREG(mode) and mode & kill:
+        if not stat.S_ISDIR(mode) and mode & kill:
             os.chmod(_proc(fd), stat.S_IMODE(mode) & ~kill)
 
     def readlink(self, ctx, h):
