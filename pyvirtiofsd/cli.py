@@ -37,6 +37,10 @@ def build_parser():
     p.add_argument("--readdirplus", dest="readdirplus", action="store_true", default=None,
                    help="offer READDIRPLUS (the default, but with --cache never)")
     p.add_argument("--no-readdirplus", dest="readdirplus", action="store_false")
+    p.add_argument("--opendir", dest="opendir", action="store_true", default=None,
+                   help="answer OPENDIR with directory handles (the default only with --cache never or "
+                        "metadata, or a backend that needs them; otherwise the guest lists without)")
+    p.add_argument("--no-opendir", dest="opendir", action="store_false")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info")
     p.add_argument("--xattr", dest="xattr", action="store_true", default=True, help="support xattrs (default)")
     p.add_argument("--no-xattr", dest="xattr", action="store_false")
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
 
     backend = make_backend(args)
     server = FuseServer(Vfs(backend, cache=args.cache), log_requests=args.log_level == "trace",
-                        readdirplus=args.readdirplus)
+                        readdirplus=args.readdirplus, opendir=args.opendir)
     log.info("exporting %s backend %s (cache=%s)", args.backend, args.shared_dir or "", args.cache)
     # bench/ asks for the request count between workloads
     signal.signal(signal.SIGUSR1, lambda *_: log.info("requests served: %d", server.requests))

@@ -27,6 +27,7 @@ ffi.cdef("""
     int setgroups(size_t size, const unsigned int *list);
     struct open_how { unsigned long long flags; unsigned long long mode; unsigned long long resolve; };
     int unshare(int flags);
+    long getdents64(int fd, void *dirp, size_t count);
     int *__errno_location(void);
 """)
 libc = ffi.dlopen(None)
@@ -102,6 +103,14 @@ def fallocate(fd, mode, offset, length):
 
 def unshare(flags):
     _check(libc.unshare(flags), "unshare")
+
+
+def getdents64(fd, size):
+    """One getdents64(2) of up to size bytes: packed linux_dirent64 records
+    (b"" at the end of the directory)."""
+    buf = ffi.new("char[]", size)
+    n = _check(libc.getdents64(fd, buf, size), "getdents64")
+    return ffi.buffer(buf, n)[:]
 
 
 def syncfs(fd):

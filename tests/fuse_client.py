@@ -70,11 +70,11 @@ def errno_of(fn, *args, **kwargs):
     raise AssertionError(f"{fn.__name__} succeeded")
 
 
-def serve(backend, cache="auto", **client_kw):
+def serve(backend, cache="auto", opendir=None, **client_kw):
     """A client talking straight to FuseServer(Vfs(backend)), after INIT."""
     from pyvirtiofsd.protocol.server import FuseServer
     from pyvirtiofsd.vfs.vfs import Vfs
-    c = FuseClient(direct_transport(FuseServer(Vfs(backend, cache=cache))), **client_kw)
+    c = FuseClient(direct_transport(FuseServer(Vfs(backend, cache=cache), opendir=opendir)), **client_kw)
     c.init()
     return c
 
@@ -84,6 +84,7 @@ class FuseClient:
         self.send = send
         self.uid, self.gid, self.pid = uid, gid, pid
         self.unique = 0
+        self.no_opendir = False         # the server answered OPENDIR with ENOSYS
 
     # -- raw ------------------------------------------------------------------------
     def request(self, opcode, nodeid=0, body=b"", room=1 << 17, uid=None, gid=None):
@@ -192,7 +193,17 @@ class FuseClient:
         return abi.OPEN_OUT.unpack(self.call(abi.OPEN, nodeid, abi.OPEN_IN.pack(flags, 0)))[0]
 
     def opendir(self, nodeid):
-        return abi.OPEN_OUT.unpack(self.call(abi.OPENDIR, nodeid, abi.OPEN_IN.pack(os.O_RDONLY, 0)))[0]
+        """-> the directory handle; 0 when the server has none to give, after
+        which, as the kernel does, the client asks no more (nor releases)."""
+        if self.no_opendir:
+            return 0
+        err, out = self.request(abi.OPENDIR, nodeid, abi.OPEN_IN.pack(os.O_RDONLY, 0))
+        if err == errno.ENOSYS:
+            self.no_opendir = True
+            return 0
+        if err:
+            raise FuseError(err, os.strerror(err))
+        return abi.OPEN_OUT.unpack(out)[0]
 
     def read(self, nodeid, fh, offset, size):
         return self.call(abi.READ, nodeid, abi.READ_IN.pack(fh, offset, size, 0, 0, 0, 0),
@@ -206,6 +217,8 @@ class FuseClient:
         self.call(abi.RELEASE, nodeid, abi.RELEASE_IN.pack(fh, 0, 0, 0))
 
     def releasedir(self, nodeid, fh):
+        if self.no_opendir:
+            return
         self.call(abi.RELEASEDIR, nodeid, abi.RELEASE_IN.pack(fh, 0, 0, 0))
 
     def flush(self, nodeid, fh):

@@ -48,9 +48,10 @@ def test_supplementary_groups_do_not_reach_the_host(tmp_path):
 
 
 def test_host_readdir_is_a_snapshot_until_rewind(tmp_path):
-    """Entries added after opendir show up after a rewind (offset 0)."""
+    """With directory handles (cache=never, --opendir): entries added after
+    opendir show up after a rewind (offset 0)."""
     (tmp_path / "a").write_bytes(b"")
-    c = client(HostBackend(str(tmp_path)))
+    c = client(HostBackend(str(tmp_path)), opendir=True)
     fh = c.opendir(ROOT)
     first = [e[0] for e in c.readdir(ROOT, fh, 0)]
     (tmp_path / "b").write_bytes(b"")

@@ -264,31 +264,35 @@ def test_in_process_mount_of_host_backend(tmp_path):
         assert time.monotonic() - before < 10
 
 
+def counting_server(share, cache, ops):
+    """A FuseServer over the host directory share that counts the requests it
+    serves of each op in ops (names without "op_") -> (server, counts)."""
+    from pyvirtiofsd.protocol.server import FuseServer
+    from pyvirtiofsd.vfs.backends.host import HostBackend
+    from pyvirtiofsd.vfs.vfs import Vfs
+    calls = dict.fromkeys(ops, 0)
+
+    def counted(op):
+        def handler(self, *a):
+            calls[op] += 1
+            return getattr(FuseServer, "op_" + op)(self, *a)
+        return handler
+    counting = type("Counting", (FuseServer,), {"op_" + op: counted(op) for op in ops})
+    return counting(Vfs(HostBackend(str(share)), cache=cache)), calls
+
+
 @pytest.mark.parametrize("cache, plus", [("never", False), ("auto", True)])
 def test_the_kernel_lists_with_readdirplus_only_where_offered(tmp_path, cache, plus):
     """The host kernel, told at INIT, lists with READDIR only at
     cache=never and with READDIRPLUS at cache=auto, and either way lists
     what the host has."""
-    from pyvirtiofsd.protocol.server import FuseServer
-    from pyvirtiofsd.vfs.backends.host import HostBackend
-    from pyvirtiofsd.vfs.vfs import Vfs
-    calls = {"readdir": 0, "readdirplus": 0}
-
-    class Counting(FuseServer):
-        def op_readdir(self, *a):
-            calls["readdir"] += 1
-            return super().op_readdir(*a)
-
-        def op_readdirplus(self, *a):
-            calls["readdirplus"] += 1
-            return super().op_readdirplus(*a)
-
     share = tmp_path / "share"
     share.mkdir()
     for i in range(50):
         (share / f"f{i}").write_bytes(b"x" * i)
     (share / "d").mkdir()
-    with mounted(Counting(Vfs(HostBackend(str(share)), cache=cache))) as m:
+    server, calls = counting_server(share, cache, ("readdir", "readdirplus"))
+    with mounted(server) as m:
         listed = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(m)}
     assert sorted(listed) == sorted(os.listdir(share))
     for name, st in listed.items():
@@ -298,6 +302,41 @@ def test_the_kernel_lists_with_readdirplus_only_where_offered(tmp_path, cache, p
         assert calls["readdirplus"] > 0, calls
     else:
         assert calls["readdirplus"] == 0 and calls["readdir"] > 0, calls
+
+
+def test_the_kernel_lists_without_directory_handles_at_cache_auto(tmp_path):
+    """At cache=auto the first OPENDIR fails with ENOSYS and the host kernel
+    sends no other OPENDIR or RELEASEDIR, lists with handle 0 and caches what
+    it read: a name made through the mount shows at once, one made on the
+    host once the directory's attributes expire (1 s) and the kernel sees
+    its mtime changed; a tree is listed and removed through the mount."""
+    import shutil
+    share = tmp_path / "share"
+    share.mkdir()
+    for i in range(1500):
+        (share / f"file-with-a-longer-name-{i}").write_bytes(b"")
+    for d in range(20):
+        for f in range(30):
+            os.makedirs(share / "tree" / f"d{d}" / f"e{f % 3}", exist_ok=True)
+            (share / "tree" / f"d{d}" / f"e{f % 3}" / f"f{f}").write_bytes(b"y")
+    server, calls = counting_server(share, "auto", ("opendir", "releasedir", "readdir", "readdirplus"))
+    with mounted(server) as m:
+        listings = []
+        for _ in range(3):
+            assert sorted(os.listdir(m)) == sorted(os.listdir(share))
+            listings.append(calls["readdir"] + calls["readdirplus"])
+        assert listings[0] > 1 and listings == listings[:1] * 3      # read once, then from its cache
+        open(os.path.join(m, "made-in-the-mount"), "w").close()
+        assert "made-in-the-mount" in os.listdir(m)
+        (share / "made-on-the-host").write_bytes(b"")
+        time.sleep(1.2)
+        assert "made-on-the-host" in os.listdir(m)
+        walked = sorted(os.path.relpath(os.path.join(p, n), m) for p, ds, fs in os.walk(m) for n in ds + fs)
+        assert walked == sorted(os.path.relpath(os.path.join(p, n), share)
+                                for p, ds, fs in os.walk(share) for n in ds + fs)
+        shutil.rmtree(os.path.join(m, "tree"))
+        assert not (share / "tree").exists()
+    assert calls["opendir"] == 1 and calls["releasedir"] == 0, calls
 
 
 def test_start_after_close_starts_no_worker(tmp_path):

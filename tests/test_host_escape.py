@@ -39,6 +39,13 @@ def snapshot(path):
     return sorted((p, os.lstat(os.path.join(p, n)).st_mtime_ns) for p, ds, fs in os.walk(path) for n in ds + fs)
 
 
+def test_a_directory_handle_is_refused_for_a_symlink(dirs):
+    share, outside = dirs
+    os.symlink(outside, share / "dirlink")
+    c = serve(HostBackend(str(share)), opendir=True)
+    assert errno_of(c.opendir, c.lookup(ROOT, b"dirlink").nodeid) == errno.ENOTDIR
+
+
 def test_symlinks_pointing_outside_are_never_followed(fc, dirs):
     share, outside = dirs
     os.symlink(outside, share / "dirlink")
@@ -51,7 +58,8 @@ def test_symlinks_pointing_outside_are_never_followed(fc, dirs):
         assert e.attr.ino == os.lstat(share / name.decode()).st_ino
         assert errno_of(fc.open, e.nodeid, os.O_RDONLY) == errno.ELOOP
         assert errno_of(fc.open, e.nodeid, os.O_WRONLY | os.O_TRUNC) == errno.ELOOP
-        assert errno_of(fc.opendir, e.nodeid) == errno.ENOTDIR
+        assert errno_of(fc.readdir, e.nodeid, 0) == errno.ENOTDIR                 # (no handles at cache=auto)
+        assert errno_of(fc.readdir, e.nodeid, 0, plus=True) == errno.ENOTDIR
         assert errno_of(fc.getxattr, e.nodeid, b"user.mark") == errno.ENODATA
         assert errno_of(fc.setattr, e.nodeid, mode=0o777) == errno.EOPNOTSUPP
         assert errno_of(fc.setattr, e.nodeid, size=0) == errno.EINVAL

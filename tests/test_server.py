@@ -323,11 +323,15 @@ def test_readdirplus_counts_lookups_exactly(fc, server, share):
     fc.releasedir(ROOT, fh)
 
 
-def test_readdirplus_lists_names_gone_since_the_listing_without_attributes(fc, server, share):
-    """A name removed after the listing was taken is listed with nodeid 0 (the
-    kernel then takes the dirent alone), not dropped: a chunk whose names
-    have all gone must not come back empty, which the kernel reads as the
-    end of the directory. Its neighbours are looked up as ever."""
+def test_readdirplus_lists_names_gone_since_the_listing_without_attributes(share):
+    """With directory handles (a listing is a snapshot per handle): a name
+    removed after the listing was taken is listed with nodeid 0 (the kernel
+    then takes the dirent alone), not dropped: a chunk whose names have all
+    gone must not come back empty, which the kernel reads as the end of the
+    directory. Its neighbours are looked up as ever."""
+    server = FuseServer(Vfs(HostBackend(str(share)), cache="auto"), opendir=True)
+    fc = FuseClient(direct_transport(server))
+    fc.init()
     names = [f"n{i:02}" for i in range(40)]
     for n in names:
         (share / n).write_bytes(b"")
@@ -348,6 +352,58 @@ def test_readdirplus_lists_names_gone_since_the_listing_without_attributes(fc, s
         assert server.vfs.node(seen[n.encode()].nodeid).nlookup == 1
         assert_attr_matches(seen[n.encode()].attr, share / n)
     fc.releasedir(ROOT, fh)
+
+
+def test_directory_handles_only_where_the_guest_needs_them(share, tmp_path):
+    """OPENDIR answers ENOSYS (the kernel then lists with handle 0) at
+    cache=auto and always over the host backend; a handle at never and
+    metadata, with --opendir, and over backends that list from a snapshot."""
+    from pyvirtiofsd.vfs.backends.memory import MemoryBackend
+    from pyvirtiofsd.vfs.overlay.backend import OverlayBackend
+    lower = tmp_path / "lower"
+    lower.mkdir()
+
+    def opendir_error(backend, cache, opendir=None):
+        c = FuseClient(direct_transport(FuseServer(Vfs(backend, cache=cache), opendir=opendir)))
+        c.init()
+        return c.request(abi.OPENDIR, ROOT, abi.OPEN_IN.pack(os.O_RDONLY, 0))[0]
+    host = lambda: HostBackend(str(share))      # noqa: E731
+    assert [opendir_error(host(), c) for c in ("never", "metadata", "auto", "always")] == \
+        [0, 0, errno.ENOSYS, errno.ENOSYS]
+    assert opendir_error(host(), "auto", opendir=True) == 0
+    assert opendir_error(host(), "never", opendir=False) == errno.ENOSYS
+    assert opendir_error(MemoryBackend(), "auto") == 0
+    assert opendir_error(OverlayBackend(host(), [HostBackend(str(lower))]), "auto") == 0
+    with pytest.raises(ValueError):
+        FuseServer(Vfs(MemoryBackend(), cache="auto"), opendir=False)
+
+
+def test_listing_without_a_handle_resumes_from_the_host_cookies(fc, share):
+    """Handle 0, small chunks, names removed between them (some listed, some
+    not yet): what is listed is the host's getdents, in its order, each name
+    once, and nothing removed before its turn. The root's '..' is itself."""
+    names = [f"entry-{i:03}" + "x" * (i % 40) for i in range(300)]
+    for n in names:
+        (share / n).write_bytes(b"")
+    (share / "sub").mkdir()
+    host_order = [e.name for e in os.scandir(share)]        # getdents order
+    assert fc.opendir(ROOT) == 0
+    seen, off, gone_unlisted = [], 0, set()
+    while batch := fc.readdir(ROOT, 0, off, size=512):
+        seen += batch
+        off = batch[-1][3]
+        listed = {e[0].decode() for e in seen}
+        left = [n for n in host_order if n != "sub" and (share / n).exists()]
+        for n in left[len(seen) % 5::41][:3]:       # some listed already, some not
+            (share / n).unlink()
+            if n not in listed:
+                gone_unlisted.add(n)
+    got = [e[0].decode() for e in seen if e[0] not in (b".", b"..")]
+    assert gone_unlisted and got == [n for n in host_order if n not in gone_unlisted]
+    by_name = {e[0]: e for e in seen}
+    assert by_name[b".."][1] == by_name[b"."][1] == os.stat(share).st_ino
+    assert by_name[b"sub"][2] == stat.S_IFDIR >> 12
+    fc.fsync(ROOT, 0, op=abi.FSYNCDIR)          # (FSYNCDIR with no handle)
 
 
 def test_statfs_matches_host(fc, share):

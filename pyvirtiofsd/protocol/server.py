@@ -99,12 +99,27 @@ assert _PLUS_FIXED % 8 == 0
 
 
 class FuseServer:
-    def __init__(self, vfs, *, log_requests: bool = False, readdirplus: bool | None = None):
+    def __init__(self, vfs, *, log_requests: bool = False, readdirplus: bool | None = None,
+                 opendir: bool | None = None):
         """readdirplus: offer READDIRPLUS; by default not with cache=never,
         where the guest would drop the entries and attributes it carries
-        (they expire at once) and look each name up again anyway."""
+        (they expire at once) and look each name up again anyway.
+
+        opendir: answer OPENDIR with a directory handle. When not, OPENDIR
+        fails with ENOSYS, and the kernel sends neither OPENDIR nor RELEASEDIR
+        again (two round trips less per listing): it lists with handle 0,
+        from the backend's own cookies, and keeps what it read in its page
+        cache, read afresh whenever it finds the directory's mtime changed
+        as it starts to list. By default handles are answered only with
+        cache=never and metadata (whose guest would not look at the mtime),
+        or when the backend cannot list without them."""
         self.vfs = vfs
         self.readdirplus = vfs.cache != "never" if readdirplus is None else readdirplus
+        if opendir is None:
+            opendir = vfs.cache not in ("auto", "always") or not vfs.caps.readdir_at
+        elif not opendir and not vfs.caps.readdir_at:
+            raise ValueError("this backend needs directory handles to list")
+        self.opendir = opendir
         self.initialized = False
         self.destroyed = False
         self.proto_minor = 0
@@ -532,6 +547,8 @@ class FuseServer:
 
     # -- directories -------------------------------------------------------------------------
     def op_opendir(self, nodeid, ctx, r, w):
+        if not self.opendir:
+            return errno.ENOSYS         # (the kernel then lists with handle 0: see __init__)
         flags, _ = r.read_struct(abi.OPEN_IN)
         w.pack(abi.OPEN_OUT, self.vfs.opendir(ctx, nodeid, flags), self._opendir_flags, 0)
 
@@ -539,7 +556,7 @@ class FuseServer:
         fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)
         room = min(size, w.available())
         out = []                        # (one write for all: a write per entry cost ~2,000 instructions)
-        for e in self.vfs.readdir(ctx, fh, offset):
+        for e in self._listing(ctx, nodeid, fh, offset, room):
             rec = abi.dirent_size(len(e.name))
             if rec > room:
                 break
@@ -552,7 +569,8 @@ class FuseServer:
         fh, offset, size, _, _, _, _ = r.read_struct(abi.READ_IN)
         room = min(size, w.available())
         listed = []
-        for e in self.vfs.readdir(ctx, fh, offset):
+        # (a host dirent is about a quarter of a record here: ask for a third of the room)
+        for e in self._listing(ctx, nodeid, fh, offset, room // 3):
             room -= (_PLUS_FIXED + 7 + len(e.name)) & -8
             if room < 0:
                 break
@@ -578,13 +596,23 @@ class FuseServer:
             put(_ZEROS[:-len(name) & 7])
         w.write(b"".join(out))
 
+    def _listing(self, ctx, nodeid, fh, offset, size):
+        """The entries after offset: from the directory handle, or with none
+        (see opendir in __init__), about size bytes of them."""
+        if fh or self.opendir:
+            return self.vfs.readdir(ctx, fh, offset)
+        return self.vfs.readdir_at(ctx, nodeid, offset, size)
+
     def op_releasedir(self, nodeid, ctx, r, w):
         fh, _, _, _ = r.read_struct(abi.RELEASE_IN)
         self.vfs.releasedir(ctx, fh)
 
     def op_fsyncdir(self, nodeid, ctx, r, w):
         fh, flags, _ = r.read_struct(abi.FSYNC_IN)
-        self.vfs.fsyncdir(ctx, fh, bool(flags & abi.FSYNC_FDATASYNC))
+        if fh or self.opendir:
+            self.vfs.fsyncdir(ctx, fh, bool(flags & abi.FSYNC_FDATASYNC))
+        else:
+            self.vfs.fsyncdir_at(ctx, nodeid, bool(flags & abi.FSYNC_FDATASYNC))
 
     # -- xattrs -----------------------------------------------------------------------------
     def op_setxattr(self, nodeid, ctx, r, w):

@@ -118,6 +118,7 @@ class Capabilities:
     sparse_files: bool = True
     case_sensitive: bool = True
     posix_acl: bool = False        # stores ACL xattrs and applies default ACLs on create
+    readdir_at: bool = False       # lists a directory from a cookie with no directory object open
 
 
 def dtype_of(mode: int) -> int:
@@ -247,6 +248,14 @@ class Backend:
     def readdir(self, ctx: Ctx, dirobj, offset: int) -> Iterator[DirEntry]:
         """Entries after cookie `offset` (0 = from the start, including '.' and
         '..'). Cookies stay valid while the directory object is open."""
+        _nosys()
+
+    def readdir_at(self, ctx: Ctx, handle, offset: int, size: int) -> list:
+        """Entries (DirEntry) of the directory handle after cookie `offset`,
+        read afresh with no directory object open: about `size` bytes of
+        them, none at the end. Only where capabilities.readdir_at: the
+        cookies must stay valid with nothing open (the host file system's
+        own), as the guest resumes from them."""
         _nosys()
 
     def fsyncdir(self, ctx: Ctx, dirobj, datasync: bool) -> None:

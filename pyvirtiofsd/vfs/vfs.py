@@ -8,6 +8,7 @@ File handles (fh) name open file or directory objects of the backend.
 """
 import errno
 import logging
+import os
 import threading
 
 from .backend import RENAME_EXCHANGE, RENAME_WHITEOUT, ROOT_CTX, Backend, Ctx, SetAttr
@@ -257,8 +258,21 @@ class Vfs:
     def readdir(self, ctx, fh, offset):
         return self.backend.readdir(ctx, self.file(fh, True).obj, offset)
 
+    def readdir_at(self, ctx, nodeid, offset, size):
+        """Listing with no directory open (capabilities.readdir_at)."""
+        return self.backend.readdir_at(ctx, self.node(nodeid).handle, offset, size)
+
     def fsyncdir(self, ctx, fh, datasync):
         self.backend.fsyncdir(ctx, self.file(fh, True).obj, datasync)
+
+    def fsyncdir_at(self, ctx, nodeid, datasync):
+        """FSYNCDIR of a directory the guest has no handle for."""
+        handle = self.node(nodeid).handle
+        obj = self.backend.opendir(ctx, handle, os.O_RDONLY)
+        try:
+            self.backend.fsyncdir(ctx, obj, datasync)
+        finally:
+            self.backend.releasedir(ctx, obj)
 
     def releasedir(self, ctx, fh):
         self.backend.releasedir(ctx, self._pop_file(fh, True).obj)

@@ -19,6 +19,7 @@ parent directory has a default ACL, as Linux does.
 import errno
 import os
 import stat
+import struct
 import threading
 from contextlib import contextmanager
 
@@ -29,6 +30,7 @@ O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # flags the guest may not pass through to the host open
 DROP_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW
 WHITEOUT_DEV = 0
+DIRENT64 = struct.Struct("<QqHB")       # linux_dirent64: d_ino d_off d_reclen d_type, then the name
 
 
 def _proc(fd: int) -> str:
@@ -103,7 +105,8 @@ class HostBackend(Backend):
         self.xattr = xattr
         self.allow_devices = allow_devices
         self.posix_acl = posix_acl and xattr
-        self.capabilities = Capabilities(mknod=allow_devices, xattrs=xattr, posix_acl=self.posix_acl)
+        self.capabilities = Capabilities(mknod=allow_devices, xattrs=xattr, posix_acl=self.posix_acl,
+                                         readdir_at=True)
         os.umask(0)
         fd = os.open(self.root_dir, O_PATH_FLAGS | os.O_DIRECTORY)
         self._root = HostInode(fd, os.fstat(fd))
@@ -410,6 +413,28 @@ class HostBackend(Backend):
         with os.scandir(_proc(d.fd).encode()) as it:
             for e in it:
                 out.append(DirEntry(e.name, e.inode(), _dtype(e), len(out) + 1))
+        return out
+
+    def readdir_at(self, ctx, h, offset, size):
+        # the host's own cookies (d_off), valid with nothing open
+        if h.ftype != stat.S_IFDIR:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        fd = self._reopen_fd(h.fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if offset:
+                os.lseek(fd, offset - (1 << 64) if offset >> 63 else offset, os.SEEK_SET)
+            raw = syscalls.getdents64(fd, min(max(size, 1024), 1 << 16))
+        finally:
+            os.close(fd)
+        out = []
+        pos, end = 0, len(raw)
+        while pos < end:
+            ino, off, reclen, dtype = DIRENT64.unpack_from(raw, pos)
+            name = raw[pos + DIRENT64.size:raw.index(0, pos + DIRENT64.size, pos + reclen)]
+            if name == b".." and h is self._root:
+                ino = h.key[1]          # (nothing of the host above the export)
+            out.append(DirEntry(name, ino, dtype, off & 0xFFFF_FFFF_FFFF_FFFF))
+            pos += reclen
         return out
 
     def fsyncdir(self, ctx, d, datasync):

@@ -35,7 +35,7 @@ class OverlayBackend(Backend):
         self.metacopy, self.redirect_dir = metacopy, redirect_dir
         self.work = WorkArea(self.upper, workdir)
         self.table = InodeTable(self.upper)
-        self.capabilities = replace(upper_backend.capabilities, rename_whiteout=False)
+        self.capabilities = replace(upper_backend.capabilities, rename_whiteout=False, readdir_at=False)
         self.consistency = upper_backend.consistency
         self._root = OvlHandle(self._make_root())
 
