@@ -44,7 +44,7 @@ from pyvirtiofsd.vfs.backends.host import HostBackend             # noqa: E402
 from pyvirtiofsd.vfs.vfs import Vfs                               # noqa: E402
 
 KINDS = ("getattr", "lookup", "lookup_missing", "read", "write", "read1m", "write1m", "read1m_contig", "write1m_contig",
-         "readdirplus", "readdirplus_new")
+         "readdirplus", "readdirplus_new", "getxattr_missing")
 CHAINS = 64                     # chains published per round, served in one drain
 BIG_CHAINS = 8                  # (for the 1 MiB kinds)
 PAGE = 4096
@@ -82,6 +82,9 @@ def _requests(kind, nodeid, fh):
     if kind == "write":
         body = abi.WRITE_IN.pack(fh, 4096, 4096, 0, 0, 0, 0)
         return [header(abi.WRITE, nodeid, len(body) + 4096), body, b"y" * 4096], [16, abi.WRITE_OUT.size]
+    if kind == "getxattr_missing":          # as ls -l asks of every file: an ACL it has not
+        body = abi.GETXATTR_IN.pack(0, 0) + b"system.posix_acl_access\0"
+        return [header(abi.GETXATTR, nodeid, len(body)), body], [16, abi.GETXATTR_OUT.size]
     if kind.startswith("readdirplus"):
         body = abi.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0)
         return [header(abi.READDIRPLUS, nodeid, len(body)), body], [16, 4096]
@@ -194,7 +197,7 @@ def child(kind, rounds, new_tables):
         if kind == "readdirplus_new":
             _forget_listed(server.vfs, requests, nodeid)
         failed = vq.used_elems[0] >> 32 <= abi.OUT_HEADER.size       # (id, len) of the first
-        if parts and failed != (kind == "lookup_missing"):               # (that one must fail)
+        if parts and failed != kind.endswith("_missing"):                # (those must fail)
             raise SystemExit(f"{kind}: a reply of {vq.used_elems[0] >> 32} bytes, not what this kind gives")
 
 
