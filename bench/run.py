@@ -10,7 +10,10 @@ prints a phase marker. Requests: ours counts them (SIGUSR1 makes it log
 the count); the reference does not, so its count is taken to be ours for
 the same phase and cache mode — the guest kernel issues the requests, and
 it is the same kernel running the same workload (for the fixed-time random
-I/O, scaled by the operations fio did on each).
+I/O, scaled by the operations fio did on each). At cache=auto and always
+the guest lists our directories without handles and sends the reference
+OPENDIR and RELEASEDIR that it does not send us: there the ratio is one of
+CPU for the same guest work (docs/performance.md).
 
 A daemon's CPU per request depends on how often requests come: the longer
 it sleeps between two, the colder its caches, and a slower daemon is sent
