@@ -428,6 +428,33 @@ def test_xattrs(fc, share):
     assert "user.color" not in os.listxattr(share / "f")
 
 
+def test_a_missing_xattr_answers_enodata_where_the_host_does(fc, share):
+    """The host backend answers a missing attribute from getxattr's size
+    query, without an exception; what it answers is still the host's: the
+    value where there is one, ENODATA where not, for a file, a directory and
+    a symlink itself (not its target), and ERANGE for a short buffer."""
+    from pyvirtiofsd import syscalls
+    (share / "f").write_bytes(b"")
+    (share / "d").mkdir()
+    os.symlink("f", share / "l")
+    os.setxattr(share / "f", "user.v", b"12345")
+    os.setxattr(share / "d", "user.v", b"")
+    assert syscalls.getxattr_size(str(share / "f"), b"user.v") == 5
+    assert syscalls.getxattr_size(str(share / "d"), b"user.v") == 0
+    assert syscalls.getxattr_size(str(share / "f"), b"user.none") is None
+    with pytest.raises(FileNotFoundError):
+        syscalls.getxattr_size(str(share / "missing"), b"user.v")
+    f, d, link = (fc.lookup(ROOT, n).nodeid for n in (b"f", b"d", b"l"))
+    assert fc.getxattr(f, b"user.v") == b"12345" and fc.getxattr(d, b"user.v") == b""
+    assert errno_of(fc.getxattr, link, b"user.v") == errno.ENODATA      # the link's own, as lgetxattr
+    assert errno_of(fc.getxattr, f, b"user.v", size=2) == errno.ERANGE
+    for node, path in ((f, share / "f"), (d, share / "d"), (link, share / "l")):
+        for name in (b"user.none", b"system.posix_acl_access", b"security.selinux"):
+            with pytest.raises(OSError) as host:
+                os.getxattr(path, name, follow_symlinks=False)
+            assert errno_of(fc.getxattr, node, name) == host.value.errno, (path, name)
+
+
 # -- hostile requests --------------------------------------------------------------------
 @pytest.mark.parametrize("name", [b"..", b".", b"a/b", b"", b"../../etc", b"x" * 256])
 def test_bad_names_are_refused(fc, share, name):

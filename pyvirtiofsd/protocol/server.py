@@ -630,6 +630,8 @@ class FuseServer:
     def op_getxattr(self, nodeid, ctx, r, w):
         size, _ = r.read_struct(abi.GETXATTR_IN)
         value = self.vfs.getxattr(ctx, nodeid, _cstr(r.read_all()))
+        if value is None:
+            return errno.ENODATA        # (returned, not raised: see handle)
         self._sized_reply(w, size, value)
 
     def op_listxattr(self, nodeid, ctx, r, w):

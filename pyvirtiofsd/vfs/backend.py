@@ -271,6 +271,17 @@ class Backend:
     def getxattr(self, ctx: Ctx, handle, name: bytes) -> bytes:
         _nosys()
 
+    def find_xattr(self, ctx: Ctx, handle, name: bytes):
+        """getxattr, but None where the file has no such attribute (ENODATA):
+        the answer to most GETXATTRs (ls asks every file for its ACLs), which
+        a backend may give without raising."""
+        try:
+            return self.getxattr(ctx, handle, name)
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                return None
+            raise
+
     def listxattr(self, ctx: Ctx, handle) -> list:
         _nosys()
 

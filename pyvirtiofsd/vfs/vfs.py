@@ -285,9 +285,10 @@ class Vfs:
         self._need_xattrs()
         self.backend.setxattr(ctx, self.node(nodeid).handle, _xattr_name(name), value, flags)
 
-    def getxattr(self, ctx, nodeid, name) -> bytes:
+    def getxattr(self, ctx, nodeid, name):
+        """-> the value, or None when the file has no such attribute."""
         self._need_xattrs()
-        return self.backend.getxattr(ctx, self.node(nodeid).handle, _xattr_name(name))
+        return self.backend.find_xattr(ctx, self.node(nodeid).handle, _xattr_name(name))
 
     def listxattr(self, ctx, nodeid) -> list:
         self._need_xattrs()
