@@ -44,7 +44,7 @@ from pyvirtiofsd.vfs.backends.host import HostBackend             # noqa: E402
 from pyvirtiofsd.vfs.vfs import Vfs                               # noqa: E402
 
 KINDS = ("getattr", "lookup", "lookup_missing", "read", "write", "read1m", "write1m", "read1m_contig", "write1m_contig",
-         "readdirplus", "readdirplus_new", "getxattr_missing")
+         "readdirplus", "readdirplus_new", "getxattr_missing", "setattr_times")
 CHAINS = 64                     # chains published per round, served in one drain
 BIG_CHAINS = 8                  # (for the 1 MiB kinds)
 PAGE = 4096
@@ -85,6 +85,10 @@ def _requests(kind, nodeid, fh):
     if kind == "getxattr_missing":          # as ls -l asks of every file: an ACL it has not
         body = abi.GETXATTR_IN.pack(0, 0) + b"system.posix_acl_access\0"
         return [header(abi.GETXATTR, nodeid, len(body)), body], [16, abi.GETXATTR_OUT.size]
+    if kind == "setattr_times":             # as tar sets each file's times
+        body = abi.SETATTR_IN.pack(abi.FATTR_ATIME | abi.FATTR_MTIME, 0, 0, 0, 0, 10**9, 2 * 10**9, 0,
+                                   5, 7, 0, 0, 0, 0, 0, 0)
+        return [header(abi.SETATTR, nodeid, len(body)), body], [16, abi.ATTR_OUT.size]
     if kind.startswith("readdirplus"):
         body = abi.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0)
         return [header(abi.READDIRPLUS, nodeid, len(body)), body], [16, 4096]

@@ -152,17 +152,15 @@ def mknodat(dirfd, name, mode, dev=0):
     _check(libc.mknodat(dirfd, _b(name), mode, dev), "mknodat", name)
 
 
+def _timespec(ns, now):
+    """(tv_sec, tv_nsec) for utimensat: UTIME_NOW, UTIME_OMIT for None, or ns."""
+    return (0, UTIME_NOW) if now else (0, UTIME_OMIT) if ns is None else divmod(ns, 1_000_000_000)
+
+
 def utimensat(dirfd, name, atime_ns=None, mtime_ns=None, flags=0, *, atime_now=False, mtime_now=False):
     """Set times in nanoseconds; None leaves a time unchanged (UTIME_OMIT).
     name "" with AT_EMPTY_PATH works on dirfd itself (O_PATH descriptors too)."""
-    ts = ffi.new("struct timespec[2]")
-    for i, (ns, now) in enumerate(((atime_ns, atime_now), (mtime_ns, mtime_now))):
-        if now:
-            ts[i].tv_sec, ts[i].tv_nsec = 0, UTIME_NOW
-        elif ns is None:
-            ts[i].tv_sec, ts[i].tv_nsec = 0, UTIME_OMIT
-        else:
-            ts[i].tv_sec, ts[i].tv_nsec = divmod(ns, 1_000_000_000)
+    ts = ffi.new("struct timespec[2]", (_timespec(atime_ns, atime_now), _timespec(mtime_ns, mtime_now)))
     _check(libc.utimensat(dirfd, ffi.NULL if name is None else _b(name), ts, flags), "utimensat", name)
 
 
