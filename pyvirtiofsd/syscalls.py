@@ -119,12 +119,9 @@ def getxattr_size(path, name):
     """The size of path's extended attribute name (symlinks followed), or
     None when it has none: the common answer, without an exception."""
     n = libc.getxattr(_b(path), name, ffi.NULL, 0)
-    if n < 0:
-        e = _errno()
-        if e == errno.ENODATA:
-            return None
-        raise OSError(e, f"getxattr: {os.strerror(e)}", path)
-    return n
+    if n < 0 and _errno() == errno.ENODATA:
+        return None
+    return _check(n, "getxattr", path)
 
 
 def syncfs(fd):

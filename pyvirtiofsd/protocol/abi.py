@@ -222,7 +222,10 @@ assert INIT_OUT.size == 64 and INIT_IN_EXT.size == 64 and KSTATFS.size == 80
 assert READ_IN.size == 40 and WRITE_IN.size == 40 and LK_IN.size == 48
 
 
+_DIRENT_FIXED = DIRENT.size + 7                       # (with the 7 of the rounding up)
+_DIRENTPLUS_FIXED = ENTRY_OUT.size + DIRENT.size + 7
+
+
 def dirent_size(namelen: int, plus: bool = False) -> int:
     """Size of one packed (plus) dirent, 8-byte aligned."""
-    n = (ENTRY_OUT.size if plus else 0) + DIRENT.size + namelen
-    return (n + 7) & ~7
+    return ((_DIRENTPLUS_FIXED if plus else _DIRENT_FIXED) + namelen) & -8

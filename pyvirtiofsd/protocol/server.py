@@ -93,9 +93,8 @@ def _packed_attr(a):
 
 _DOTS = (b".", b"..")
 _NO_ENTRY = bytes(abi.ENTRY_OUT.size)
-_PLUS_FIXED = abi.ENTRY_OUT.size + abi.DIRENT.size      # a READDIRPLUS record without its name
-_ZEROS = bytes(8)                       # the record's padding: its name's length to 8
-assert _PLUS_FIXED % 8 == 0
+_ZEROS = bytes(8)                       # a READDIRPLUS record's padding: its name's length to 8,
+assert (abi.ENTRY_OUT.size + abi.DIRENT.size) % 8 == 0          # as the rest of it is 8-aligned
 
 
 class FuseServer:
@@ -571,7 +570,7 @@ class FuseServer:
         listed = []
         # (a host dirent is about a quarter of a record here: ask for a third of the room)
         for e in self._listing(ctx, nodeid, fh, offset, room // 3):
-            room -= (_PLUS_FIXED + 7 + len(e.name)) & -8
+            room -= abi.dirent_size(len(e.name), plus=True)
             if room < 0:
                 break
             listed.append(e)

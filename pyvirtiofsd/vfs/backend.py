@@ -150,10 +150,15 @@ class Backend:
         found = []
         for e in entries:
             try:
-                found.append(self.lookup(ctx, parent, e.name))
+                found.append(self.lookup_entry(ctx, parent, e))
             except OSError:
                 found.append(None)
         return found
+
+    def lookup_entry(self, ctx: Ctx, parent, entry):
+        """One entry of lookup_listed: a lookup of its name, unless the
+        backend can use what the listing said of it."""
+        return self.lookup(ctx, parent, entry.name)
 
     def forget(self, handle) -> None:
         """Give back one reference to handle. Every handle a backend returns

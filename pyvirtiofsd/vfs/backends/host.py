@@ -170,22 +170,15 @@ class HostBackend(Backend):
             return h, st
         return self._open_inode(parent, name)
 
-    def lookup_listed(self, ctx, parent, entries):
+    def lookup_entry(self, ctx, parent, entry):
         # The inode number the listing gave says whether we may hold the
         # entry's inode: if not, open it at once (a new inode needs the open
         # and an fstat) rather than stat it first. A hint only: the open by
         # name decides, and _inode finds a held inode again by its key.
         # (The names are the host's own, as listed: no check_name.)
-        dev = parent.key[0]
-        held = self._inodes
-        found = []
-        for e in entries:
-            try:
-                found.append(self._lookup(parent, e.name) if (dev, e.ino) in held
-                             else self._open_inode(parent, e.name))
-            except OSError:
-                found.append(None)
-        return found
+        if (parent.key[0], entry.ino) in self._inodes:
+            return self._lookup(parent, entry.name)
+        return self._open_inode(parent, entry.name)
 
     def forget(self, handle):
         if handle is self._root:
@@ -396,9 +389,13 @@ class HostBackend(Backend):
 
     # -- directories ------------------------------------------------------------------
     def opendir(self, ctx, h, flags):
+        return HostDir(self._dir_fd(h), h)
+
+    def _dir_fd(self, h):
+        """A readable descriptor of the directory h (ours to close)."""
         if h.ftype != stat.S_IFDIR:
             raise OSError(errno.ENOTDIR, "not a directory")
-        return HostDir(self._reopen_fd(h.fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), h)
+        return self._reopen_fd(h.fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def readdir(self, ctx, d, offset):
         # a snapshot per opendir (and per rewind) keeps cookies stable
@@ -417,9 +414,7 @@ class HostBackend(Backend):
 
     def readdir_at(self, ctx, h, offset, size):
         # the host's own cookies (d_off), valid with nothing open
-        if h.ftype != stat.S_IFDIR:
-            raise OSError(errno.ENOTDIR, "not a directory")
-        fd = self._reopen_fd(h.fd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = self._dir_fd(h)
         try:
             if offset:
                 os.lseek(fd, offset - (1 << 64) if offset >> 63 else offset, os.SEEK_SET)
@@ -460,9 +455,10 @@ class HostBackend(Backend):
     def find_xattr(self, ctx, h, name):
         # (a missing attribute costs one system call and no exception)
         self._need_xattr()
-        if syscalls.getxattr_size(_proc(h.fd), name) is None:
+        path = _proc(h.fd)
+        if syscalls.getxattr_size(path, name) is None:
             return None
-        return os.getxattr(_proc(h.fd), name)
+        return os.getxattr(path, name)
 
     def listxattr(self, ctx, h):
         self._need_xattr()
