@@ -1,17 +1,25 @@
 """`make bench`: guest workloads on pyvirtiofsd and on the reference C
-virtiofsd (/usr/lib/qemu/virtiofsd) in one run, alternating, same guest and
-data, for cache=never/auto/always; then the same workloads through /dev/fuse
-on the host against the host's own file system. Writes bench/results/
-<stamp>.json (raw) and <stamp>.md (ratios ours/reference).
+virtiofsd (/usr/lib/qemu/virtiofsd) side by side, for cache=never/auto/
+always; then the same workloads through /dev/fuse on the host against the
+host's own file system. Writes bench/results/<stamp>.json (raw) and
+<stamp>.md (ratios ours/reference).
+
+Both daemons serve the same guest: one boot per cache mode has a virtio-fs
+device of each (and one of ours with two request queues), each daemon on
+its own copy of the data, and the guest runs every phase on each in turn,
+seconds apart, in rounds whose order alternates. Runs minutes apart, in
+boots of their own, differed by tens of per cent for the same daemon; a
+phase's two runs seconds apart in one guest make a pair that the
+machine's drift moves much less.
 
 Wall times are measured inside the guest (bench/fsbench.c). Daemon CPU is
 user+sys of every process in the daemon's session, sampled when the guest
-prints a phase marker. Requests: ours counts them (SIGUSR1 makes it log
+prints a run's markers. Requests: ours counts them (SIGUSR1 makes it log
 the count); the reference does not, so its count is taken to be ours for
-the same phase and cache mode — the guest kernel issues the requests, and
-it is the same kernel running the same workload (for the fixed-time random
-I/O, scaled by the operations fio did on each). At cache=auto and always
-the guest lists our directories without handles and sends the reference
+the same phase and round — the guest kernel issues the requests, and it is
+the same kernel running the same workload (for the fixed-time random I/O,
+scaled by the operations fio did on each). At cache=auto and always the
+guest lists our directories without handles and sends the reference
 OPENDIR and RELEASEDIR that it does not send us: there the ratio is one of
 CPU for the same guest work (docs/performance.md).
 
@@ -47,41 +55,57 @@ SIZES = {
     "quick": dict(files=500, seq_mib=32, rand_mib=16, rand_secs=3, paced_iops=500, par_files=200, tree=("Django-4.2.16/django/db/",)),
 }
 
+# One boot per cache mode serves three devices: ours at /mnt, the reference
+# at /ref and ours with two request queues at /ours2q (the parallel phase
+# only), each on its own copy of the data. Every phase runs on each in turn,
+# seconds apart, in rounds whose order alternates; before each run the
+# guest writes back and drops its caches and lets the daemons take the
+# FORGETs that sends.
 SCRIPT = r"""
 mark() {{ echo "BENCH-MARK $1"; }}
+settle() {{ sync; echo 3 > /proc/sys/vm/drop_caches; sleep 1; }}
 span() {{ name=$1; shift; t0=$(fsbench now); "$@" >/dev/null 2>&1 || echo "BENCH-FAIL $name"; t1=$(fsbench now); echo "$name $(( (t1 - t0) / 1000 ))e-6 0"; }}
-cd /mnt
-mark meta; fsbench meta /mnt/meta {files}; mark meta-end
-mark seq; fsbench seqwrite /mnt/seq.bin {seq_mib}; echo 3 > /proc/sys/vm/drop_caches; fsbench seqread /mnt/seq.bin; mark seq-end
-randrw() {{     # 4 KiB random r/w for a fixed time; prints "$1 seconds operations"
-    timing=$1; shift
-    fio --name=$timing --filename=/mnt/rand.bin --rw=randrw --rwmixread=50 --bs=4k --size={rand_mib}m \
+randrw() {{     # 4 KiB random r/w on $1/rand.bin for a fixed time; prints "$2 seconds operations"
+    dir=$1; timing=$2; shift 2
+    fio --name=$timing --filename=$dir/rand.bin --rw=randrw --rwmixread=50 --bs=4k --size={rand_mib}m \
         --runtime={rand_secs} --time_based --ioengine=psync --minimal "$@" > /tmp/fio.out || echo "BENCH-FAIL fio"
     # terse v3: $6/$47 KiB read/written, $9 runtime in ms
     awk -F';' -v t=$timing '{{printf "%s %.3f %d\n", t, $9 / 1000, ($6 + $47) / 4}}' /tmp/fio.out
 }}
-mark rand; fsbench seqwrite /mnt/rand.bin {rand_mib} >/dev/null; randrw rand_rw_4k; mark rand-end
-mark paced; randrw rand_paced_4k --rate_iops={paced_iops}; mark paced-end
-mark tree
-span tree_untar gnu-tar -xf /mnt/tree.tar -C /mnt/tree
-echo 3 > /proc/sys/vm/drop_caches
-span tree_find gnu-find /mnt/tree
-span tree_ls_lR gnu-ls -lR /mnt/tree
-span tree_du gnu-du -s /mnt/tree
-span tree_rm gnu-rm -rf /mnt/tree
-mark tree-end
-mark par; fsbench meta-par /mnt/par {par_files} 4; mark par-end
-rm -rf /mnt/meta /mnt/par /mnt/seq.bin /mnt/rand.bin
-"""
-# (e) again with two request queues (the guest kernel picks the queue per CPU)
-SCRIPT_TWO_QUEUES = r"""
-mark() {{ echo "BENCH-MARK $1"; }}
-cd /mnt
-mark par; fsbench meta-par /mnt/par {par_files} 4; mark par-end
-rm -rf /mnt/par
-"""
-SCRIPT_WARM_UP = r"""
-cd /mnt; fsbench seqwrite /mnt/warm.bin 64 >/dev/null; fsbench meta /mnt/warm 200 >/dev/null; rm -f /mnt/warm.bin
+phase_meta() {{ fsbench meta $1/meta {files}; }}
+phase_seq() {{ fsbench seqwrite $1/seq.bin {seq_mib}; echo 3 > /proc/sys/vm/drop_caches; fsbench seqread $1/seq.bin; }}
+phase_rand() {{ fsbench seqwrite $1/rand.bin {rand_mib} >/dev/null; randrw $1 rand_rw_4k; }}
+phase_paced() {{ randrw $1 rand_paced_4k --rate_iops={paced_iops}; }}
+phase_tree() {{
+    span tree_untar gnu-tar -xf $1/tree.tar -C $1/tree
+    echo 3 > /proc/sys/vm/drop_caches
+    span tree_find gnu-find $1/tree
+    span tree_ls_lR gnu-ls -lR $1/tree
+    span tree_du gnu-du -s $1/tree
+    span tree_rm gnu-rm -rf $1/tree
+}}
+phase_par() {{ fsbench meta-par $1/par {par_files} 4; }}
+dir_of() {{ case $1 in ours) echo /mnt;; reference) echo /ref;; ours_2q) echo /ours2q;; esac; }}
+run() {{        # run WHO ROUND PHASE
+    dir=$(dir_of $1); mkdir -p $dir/tree; settle
+    mark $1:$2:$3; phase_$3 $dir; mark $1:$2:$3-end
+    rm -rf $dir/meta $dir/par $dir/seq.bin; [ $3 = paced ] && rm -f $dir/rand.bin
+}}
+mkdir -p /ref /ours2q
+mount -t virtiofs ref /ref || echo BENCH-FAIL mount-ref
+mount -t virtiofs ours2q /ours2q || echo BENCH-FAIL mount-ours2q
+for who in ours reference ours_2q; do       # unmeasured: neither daemon's first requests are counted cold
+    dir=$(dir_of $who); fsbench seqwrite $dir/warm.bin 64 >/dev/null; fsbench meta $dir/warm 200 >/dev/null
+    rm -rf $dir/warm.bin $dir/warm
+done
+for round in $(seq 1 {repeat}); do
+    if [ $((round % 2)) = 1 ]; then order="ours reference"; else order="reference ours"; fi
+    for phase in {phases}; do
+        for who in $order; do run $who $round $phase; done
+        [ $phase = par ] && run ours_2q $round par
+    done
+done
+umount /ref; umount /ours2q
 """
 GROUPS = ["meta", "seq", "rand", "paced", "tree", "par"]
 FIO_RUNS = {"rand": "rand_rw_4k", "paced": "rand_paced_4k"}    # phase -> its fio timing
@@ -166,33 +190,41 @@ def session_cpu(sid):
     return sum((int(fields[11]) + int(fields[12])) / tick for _, fields in session_stats(sid))
 
 
+DAEMONS = {"ours": ("ours", 1), "reference": ("reference", 1), "ours_2q": ("ours", 2)}   # who -> daemon, queues
+TAGS = {"ours": guest.TAG, "reference": "ref", "ours_2q": "ours2q"}
+
+
 class Markers:
-    """Watches the console for phase markers; samples CPU (and asks our
-    daemon for its request count) at each one."""
+    """Watches the console for the markers "BENCH-MARK who:round:phase[-end]";
+    at each samples that daemon's CPU and, for ours, its request count."""
 
-    def __init__(self, ours):
-        self.ours, self.buf, self.samples = ours, "", []
+    def __init__(self):
+        self.buf, self.samples = "", {}     # (who, round, phase) -> (cpu, requests or None)
+        self.reports = {}                   # tag -> count lines seen in its log
 
-    def __call__(self, text, pid, log_path):
+    def __call__(self, text, daemons):
         self.buf += text
         while "\n" in self.buf:
             line, self.buf = self.buf.split("\n", 1)
-            m = re.match(r"BENCH-MARK (\S+)", line.strip())
+            m = re.match(r"BENCH-MARK (\w+):(\d+):(\S+)", line.strip())
             if m:
-                self.samples.append((m.group(1), session_cpu(pid), time.monotonic()))
-                if self.ours:
-                    self._ask_count(pid, log_path)
+                who, rnd, phase = m.group(1), int(m.group(2)), m.group(3)
+                pid, log_path = daemons[TAGS[who]]
+                cpu = session_cpu(pid)
+                count = self._ask_count(TAGS[who], pid, log_path) if DAEMONS[who][0] == "ours" else None
+                self.samples[who, rnd, phase] = (cpu, count)
 
-    def _ask_count(self, pid, log_path):
+    def _ask_count(self, tag, pid, log_path):
         """SIGUSR1 makes our daemon log its request count. Signals do not
         queue, so wait for this one's line before the next marker."""
-        want = self.asked = getattr(self, "asked", 0) + 1
+        want = self.reports[tag] = self.reports.get(tag, 0) + 1
         os.kill(pid, signal.SIGUSR1)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             with open(log_path) as f:
-                if f.read().count("requests served") >= want:
-                    return
+                counts = re.findall(r"requests served: (\d+)", f.read())
+            if len(counts) >= want:
+                return int(counts[want - 1])
             time.sleep(0.005)
         raise RuntimeError("the daemon did not report its request count")
 
@@ -204,30 +236,55 @@ def parse_timings(console):
     return out
 
 
-def one_run(daemon, cache, sizes, tree, fsbench, queues=1, script=SCRIPT):
-    share = tempfile.mkdtemp(prefix="pyvfs-bench-")
-    os.sync()           # the previous run's dirty pages must not be written back during this one
+def timings_by_run(console):
+    """The timing lines between each run's two markers: {(who, round): timings}."""
+    out, current = {}, None
+    for line in console.replace("\r", "").split("\n"):
+        m = re.match(r"BENCH-MARK (\w+):(\d+):(\S+)$", line.strip())
+        if m:
+            current = None if m.group(3).endswith("-end") else (m.group(1), int(m.group(2)))
+        elif current is not None:
+            out.setdefault(current, {}).update(parse_timings(line))
+    return out
+
+
+def guest_runs(cache, sizes, tree, fsbench, repeat, phases=GROUPS):
+    """One boot: every phase on each daemon in turn, `repeat` rounds;
+    -> {who: [a run per round: {"timings", "groups"}]}."""
+    base = tempfile.mkdtemp(prefix="pyvfs-bench-")
+    os.sync()           # the previous boot's dirty pages must not be written back during this one
     try:
-        os.chmod(share, 0o755)
-        shutil.copy(tree, os.path.join(share, "tree.tar"))
-        os.mkdir(os.path.join(share, "tree"))
-        markers = Markers(daemon == "ours")
-        r = guest.boot(share, script.format(**sizes), daemon=daemon, cache=cache, timeout=3600,
-                       num_request_queues=queues, on_console=markers, extra_files=guest_tools(fsbench),
-                       mem_mb=1024)
+        shares = {}
+        for who in DAEMONS:
+            shares[who] = share = os.path.join(base, who)
+            os.mkdir(share, 0o755)
+            shutil.copy(tree, os.path.join(share, "tree.tar"))
+        more = [guest.Device(TAGS[who], shares[who], daemon, cache, queues)
+                for who, (daemon, queues) in DAEMONS.items() if who != "ours"]
+        markers = Markers()
+        script = SCRIPT.format(repeat=repeat, phases=" ".join(phases), **sizes)
+        r = guest.boot(shares["ours"], script, daemon="ours", cache=cache, timeout=4 * 3600,
+                       on_console=markers, extra_files=guest_tools(fsbench), mem_mb=1024, more_devices=more)
         if r.rc != 0 or "BENCH-FAIL" in r.console:
-            raise RuntimeError(f"{daemon} cache={cache}: guest failed (rc={r.rc})\n{r.console[-3000:]}\n{r.daemon_log[-2000:]}")
-        counts = [int(n) for n in re.findall(r"requests served: (\d+)", r.daemon_log)]
-        groups = {}
-        marks = {name: (cpu, i) for i, (name, cpu, _) in enumerate(markers.samples)}
-        for g in GROUPS:
-            if g in marks and g + "-end" in marks:
-                (c0, i0), (c1, i1) = marks[g], marks[g + "-end"]
-                req = counts[i1] - counts[i0] if daemon == "ours" and len(counts) > i1 else None
-                groups[g] = {"cpu": c1 - c0, "requests": req}
-        return {"timings": parse_timings(r.console), "groups": groups, "boot_seconds": r.seconds}
+            logs = "\n".join(f"--- {t} ---\n{log[-1500:]}" for t, log in r.daemon_logs.items())
+            raise RuntimeError(f"cache={cache}: guest failed (rc={r.rc})\n{r.console[-3000:]}\n{logs}")
+        timings = timings_by_run(r.console)
+        out = {}
+        for who in DAEMONS:
+            runs = out[who] = []
+            for rnd in range(1, repeat + 1):
+                groups = {}
+                for g in phases:
+                    start, end = markers.samples.get((who, rnd, g)), markers.samples.get((who, rnd, g + "-end"))
+                    if start and end:
+                        req = end[1] - start[1] if start[1] is not None else None
+                        groups[g] = {"cpu": end[0] - start[0], "requests": req}
+                if groups:
+                    runs.append({"timings": timings.get((who, rnd), {}), "groups": groups})
+        out["boot_seconds"] = r.seconds
+        return out
     finally:
-        shutil.rmtree(share, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def host_fuse_run(sizes, fsbench, tree):
@@ -317,12 +374,12 @@ def cpu_per_request(ours, ref, g):
     return go["cpu"] / n * 1e6, (gr["cpu"] / (n * scale) * 1e6 if gr else None)
 
 
-def paired(runs, ratio_of):
+def paired(runs, ratio_of, ours="ours"):
     """The machine drifts by tens of per cent over minutes, and a best-of
-    can pair one daemon's lucky minute with the other's unlucky one. Runs
-    of the same round are minutes apart: their ratios, as "median (each
-    round)", or "—"."""
-    rs = [ratio_of(o, r) for o, r in zip(runs.get("ours_runs", []), runs.get("reference_runs", []))]
+    can pair one daemon's lucky minute with the other's unlucky one. The
+    two runs of a phase in one round are seconds apart: their ratios, as
+    "median (each round)", or "—"."""
+    rs = [ratio_of(o, r) for o, r in zip(runs.get(ours + "_runs", []), runs.get("reference_runs", []))]
     rs = [x for x in rs if x is not None]
     if not rs:
         return "—"
@@ -350,8 +407,10 @@ def markdown(data):
     lines = [f"# Benchmark {data['stamp']}", "",
              f"Guest: {data['kernel']}, QEMU accel {data['accel']}, sizes `{data['size']}`. "
              "Ratios are ours / reference of the time per operation (below 1: we are faster). "
+             "Both daemons serve one guest (a boot per cache mode), each its own copy of the data; "
+             "every phase runs on each in turn, in rounds of alternating order. "
              "Best of: each daemon's best run per workload. Paired: the ratio within each round "
-             "(a run of each daemon, minutes apart), median and each round.", ""]
+             "(the two runs of a phase, seconds apart), median and each round.", ""]
     for cache, runs in data["guest"].items():
         ours, ref = runs["ours"], runs["reference"]
         lines += [f"## cache={cache}", "",
@@ -366,7 +425,8 @@ def markdown(data):
         for name, a in sorted(ours2.get("timings", {}).items()):
             b = ref["timings"].get(name, {}).get("seconds")
             lines.append(f"| {name}, ours with 2 request queues | {a['seconds']:.3f} | "
-                         f"{'—' if b is None else f'{b:.3f}'} | | {fmt(ratio(a['seconds'], b))} | |")
+                         f"{'—' if b is None else f'{b:.3f}'} | | {fmt(ratio(a['seconds'], b))} | "
+                         f"{paired(runs, _wall_ratio(name), 'ours_2q')} |")
         lines += ["", "| phase | requests (ours) | ours CPU µs/req | reference CPU µs/req (est.) | ratio, best of | paired |",
                   "|---|---|---|---|---|---|"]
         phases = [(g, g, ours, ref) for g in GROUPS] + [("par", "par, ours with 2 request queues", ours2, ref)]
@@ -374,7 +434,7 @@ def markdown(data):
             a, b = cpu_per_request(o, r, g)
             if a is None:
                 continue
-            pair = paired(runs, _cpu_ratio(g)) if o is ours else ""
+            pair = paired(runs, _cpu_ratio(g), "ours" if o is ours else "ours_2q")
             lines.append(f"| {label} | {o['groups'][g]['requests']} | {a:.1f} | {fmt(b)} | {fmt(ratio(a, b))} | {pair} |")
         lines.append("")
     if data.get("host"):
@@ -402,33 +462,24 @@ def main(argv=None):
     ap.add_argument("--no-host", action="store_true", help="skip the /dev/fuse host comparison")
     ap.add_argument("--out", default=RESULTS)
     ap.add_argument("--repeat", type=int, default=3,
-                    help="rounds per cache mode, a boot of each daemon per round (TCG is noisy: three give a median)")
+                    help="rounds per cache mode, each phase on each daemon per round (TCG is noisy: three give a median)")
+    ap.add_argument("--phase", action="append", choices=GROUPS, help="only these phases (default: all)")
     args = ap.parse_args(argv)
+    phases = [g for g in GROUPS if g in (args.phase or GROUPS)]
     sizes = SIZES[args.size]
     fsbench = fsbench_binary()
     tree, nfiles = tree_tarball(sizes["tree"])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     data = {"stamp": stamp, "size": args.size, "sizes": sizes, "tree_files": nfiles,
             "kernel": guest.kernel()[1], "accel": os.environ.get("QEMU_ACCEL", "tcg"), "guest": {}}
-    # one unmeasured boot per daemon first, so neither measured run pays for a cold start
-    for daemon in ("ours", "reference"):
-        print(f"bench: warm-up boot ({daemon}) ...", flush=True)
-        one_run(daemon, "auto", sizes, tree, fsbench, script=SCRIPT_WARM_UP)
     for cache in args.cache or ["never", "auto", "always"]:
-        data["guest"][cache] = runs = {"ours_runs": [], "reference_runs": []}
-        # ours, reference, reference, ours, ...: each daemon goes first as often
-        order = [d for r in range(args.repeat) for d in (("ours", "reference"), ("reference", "ours"))[r % 2]]
-        for daemon in order:
-            print(f"bench: {daemon} cache={cache} ...", flush=True)
-            runs[daemon + "_runs"].append(one_run(daemon, cache, sizes, tree, fsbench))
-            runs[daemon] = best_of(runs[daemon + "_runs"])
-            save(args.out, stamp, data)         # partial results survive a later failure
-        # the reference serves one request queue only (with two, its libvhost-user
-        # panics "Invalid queue index: 2" and the guest hangs): ours alone here
-        print(f"bench: ours cache={cache}, 2 request queues ...", flush=True)
-        data["guest"][cache]["ours_2q"] = one_run("ours", cache, sizes, tree, fsbench, queues=2,
-                                                  script=SCRIPT_TWO_QUEUES)
-        save(args.out, stamp, data)
+        print(f"bench: cache={cache}, {args.repeat} rounds of {' '.join(phases)} ...", flush=True)
+        got = guest_runs(cache, sizes, tree, fsbench, args.repeat, phases)
+        runs = data["guest"][cache] = {"boot_seconds": got.pop("boot_seconds")}
+        for who, its_runs in got.items():
+            runs[who + "_runs"] = its_runs
+            runs[who] = best_of(its_runs)
+        save(args.out, stamp, data)         # partial results survive a later failure
     if not args.no_host:
         print("bench: /dev/fuse on the host ...", flush=True)
         data["host"] = host_fuse_run(sizes, fsbench, tree)

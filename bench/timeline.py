@@ -100,9 +100,9 @@ def traced_boot(daemon, cache, script, fsbench, tree=None):
     _put("buffer_size_kb", "262144")
     tids = set()
 
-    def on_console(text, pid, log_path):
+    def on_console(text, daemons):
         if not tids and "TIMELINE-START" in text:
-            tids.update(session_threads(pid))
+            tids.update(session_threads(daemons[guest.TAG][0]))
     share = tempfile.mkdtemp(prefix="pyvfs-timeline-")
     os.chmod(share, 0o755)
     os.sync()

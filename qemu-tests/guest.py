@@ -203,6 +203,7 @@ class BootResult:
     daemon_rc: int = None
     seconds: float = 0.0
     daemon_cpu: float = 0.0      # user+sys seconds of the daemon, all threads
+    daemon_logs: dict = field(default_factory=dict)   # tag -> that device's daemon log
 
     def failures(self):
         return {n: d for n, (ok, d) in self.results.items() if not ok}
@@ -221,39 +222,66 @@ def _cpu_seconds(pid):
         return 0.0
 
 
-def qemu_command(socket_path, initrd, num_request_queues=1, mem_mb=512):
+@dataclass
+class Device:
+    """A virtio-fs device of the guest: the daemon that serves share, and the tag
+    the guest mounts it by."""
+    tag: str
+    share: str
+    daemon: str = "ours"
+    cache: str = "auto"
+    num_request_queues: int = 1
+    daemon_args: tuple = ()
+
+
+def qemu_command(devices, initrd, mem_mb=512):
+    """devices: (socket path, tag, request queues) of each vhost-user-fs device."""
     vmlinuz, _ = kernel()
     accel = os.environ.get("QEMU_ACCEL", "tcg")
-    queues = f",num-request-queues={num_request_queues}" if num_request_queues > 1 else ""
-    return ["qemu-system-x86_64", "-accel", accel, "-m", f"{mem_mb}M", "-smp", "2",
-            "-object", f"memory-backend-memfd,id=mem,size={mem_mb}M,share=on", "-numa", "node,memdev=mem",
-            "-chardev", f"socket,id=char0,path={socket_path}",
-            "-device", f"vhost-user-fs-pci,chardev=char0,tag={TAG}{queues}",
-            "-kernel", vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 quiet panic=-1",
-            "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"]
+    cmd = ["qemu-system-x86_64", "-accel", accel, "-m", f"{mem_mb}M", "-smp", "2",
+           "-object", f"memory-backend-memfd,id=mem,size={mem_mb}M,share=on", "-numa", "node,memdev=mem"]
+    for i, (socket_path, tag, queues) in enumerate(devices):
+        more = f",num-request-queues={queues}" if queues > 1 else ""
+        cmd += ["-chardev", f"socket,id=char{i},path={socket_path}",
+                "-device", f"vhost-user-fs-pci,chardev=char{i},tag={tag}{more}"]
+    return cmd + ["-kernel", vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 quiet panic=-1",
+                  "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"]
 
 
 def boot(share, script, *, daemon=None, num_request_queues=1, timeout=300, cache="auto",
-         daemon_args=(), on_console=None, extra_files=None, mem_mb=512) -> BootResult:
+         daemon_args=(), on_console=None, extra_files=None, mem_mb=512, more_devices=()) -> BootResult:
     """Serve share with the daemon, boot a guest that runs script, return what
-    happened. on_console(text, daemon_pid, daemon_log_path) sees the console as it comes;
-    extra_files {guest path: host path} go into the initramfs."""
+    happened. The guest mounts share at /mnt (tag TAG); more_devices (Device)
+    are attached too, each with its own daemon, for the script to mount.
+    on_console(text, daemons) sees the console as it comes, with daemons
+    {tag: (daemon pid, daemon log path)}; extra_files {guest path: host path}
+    go into the initramfs. The result's daemon_log, daemon_rc and daemon_cpu
+    are those of the first device's daemon; daemon_logs has each one's log."""
     if shutil.which("qemu-system-x86_64") is None:
         raise RuntimeError("qemu-system-x86_64 is missing: install qemu-system-x86 (make deps)")
-    daemon = daemon or default_daemon()
+    devices = [Device(TAG, share, daemon or default_daemon(), cache, num_request_queues, tuple(daemon_args)),
+               *more_devices]
+    if len({d.tag for d in devices}) != len(devices):
+        raise ValueError("two devices with one tag")
     initrd = initramfs(script, extra_files)
     work = tempfile.mkdtemp(prefix="pyvfs-guest-")
-    sock = os.path.join(work, "vfs.sock")
-    dlog = open(os.path.join(work, "daemon.log"), "w+")
-    d = subprocess.Popen(daemon_command(daemon, sock, share, cache, daemon_args), stdout=dlog,
-                         stderr=subprocess.STDOUT, start_new_session=True)
+    procs, logs, socks = [], [], []
     q = None
     start = time.monotonic()
     console = []
     try:
-        _wait_for_socket(sock, d, 30)
-        q = subprocess.Popen(qemu_command(sock, initrd, num_request_queues, mem_mb), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        for i, dev in enumerate(devices):
+            socks.append(os.path.join(work, f"vfs{i}.sock"))
+            logs.append(open(os.path.join(work, f"daemon{i}.log"), "w+"))
+            procs.append(subprocess.Popen(daemon_command(dev.daemon, socks[i], dev.share, dev.cache, dev.daemon_args),
+                                          stdout=logs[i], stderr=subprocess.STDOUT, start_new_session=True))
+        for sock, d in zip(socks, procs):
+            _wait_for_socket(sock, d, 30)
+        daemons = {dev.tag: (d.pid, log.name) for dev, d, log in zip(devices, procs, logs)}
+        q = subprocess.Popen(qemu_command([(s, dev.tag, dev.num_request_queues) for s, dev in zip(socks, devices)],
+                                          initrd, mem_mb),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
         deadline = start + timeout
         os.set_blocking(q.stdout.fileno(), False)
         while True:
@@ -262,7 +290,7 @@ def boot(share, script, *, daemon=None, num_request_queues=1, timeout=300, cache
                 text = chunk.decode(errors="replace")
                 console.append(text)
                 if on_console:
-                    on_console(text, d.pid, dlog.name)
+                    on_console(text, daemons)
             if q.poll() is not None:
                 rest = q.stdout.read()
                 if rest:
@@ -273,26 +301,29 @@ def boot(share, script, *, daemon=None, num_request_queues=1, timeout=300, cache
                 break
             time.sleep(0.05)
         seconds = time.monotonic() - start
-        cpu = _cpu_seconds(d.pid)
+        cpu = _cpu_seconds(procs[0].pid)
         try:
-            daemon_rc = d.wait(15)          # it exits when QEMU disconnects
+            daemon_rc = procs[0].wait(15)          # it exits when QEMU disconnects
         except subprocess.TimeoutExpired:
             daemon_rc = None
     finally:
-        for p in (q, d):
+        for p in (q, *procs):
             if p is not None and p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        dlog.seek(0)
-        daemon_log = dlog.read()
-        dlog.close()
+        daemon_logs = {}
+        for dev, log in zip(devices, logs):
+            log.seek(0)
+            daemon_logs[dev.tag] = log.read()
+            log.close()
         shutil.rmtree(work, ignore_errors=True)
     text = "".join(console)
     m = re.search(r"GUEST-DONE rc=(\d+)", text)
     results = {}
     for name, status, detail in re.findall(r"^RESULT (\S+) (PASS|FAIL) ?(.*?)\r?$", text, re.M):
         results[name] = (status == "PASS", detail)
-    return BootResult(text, daemon_log, int(m.group(1)) if m else -1, results, daemon_rc, seconds, cpu)
+    return BootResult(text, daemon_logs[TAG], int(m.group(1)) if m else -1, results, daemon_rc, seconds, cpu,
+                      daemon_logs)
 
 
 def _wait_for_socket(path, proc, timeout):
