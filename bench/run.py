@@ -32,6 +32,7 @@ what either sustains): CPU per request at equal load.
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -191,6 +192,16 @@ def session_cpu(sid):
 
 
 DAEMONS = {"ours": ("ours", 1), "reference": ("reference", 1), "ours_2q": ("ours", 2)}   # who -> daemon, queues
+
+
+def control_daemons(daemon):
+    """An A/A run: the slots of ours and the reference both run `daemon`,
+    on the first and the second device. Its ratios show how far from 1 a
+    ratio strays when nothing differs, and whether a device's place in the
+    guest moves it (the reference cannot serve two queues: that slot stays ours)."""
+    return {**DAEMONS, "ours": (daemon, 1), "reference": (daemon, 1)}
+
+
 TAGS = {"ours": guest.TAG, "reference": "ref", "ours_2q": "ours2q"}
 
 
@@ -198,7 +209,8 @@ class Markers:
     """Watches the console for the markers "BENCH-MARK who:round:phase[-end]";
     at each samples that daemon's CPU and, for ours, its request count."""
 
-    def __init__(self):
+    def __init__(self, daemons=DAEMONS):
+        self.daemons = daemons
         self.buf, self.samples = "", {}     # (who, round, phase) -> (cpu, requests or None)
         self.reports = {}                   # tag -> count lines seen in its log
 
@@ -211,7 +223,7 @@ class Markers:
                 who, rnd, phase = m.group(1), int(m.group(2)), m.group(3)
                 pid, log_path = daemons[TAGS[who]]
                 cpu = session_cpu(pid)
-                count = self._ask_count(TAGS[who], pid, log_path) if DAEMONS[who][0] == "ours" else None
+                count = self._ask_count(TAGS[who], pid, log_path) if self.daemons[who][0] == "ours" else None
                 self.samples[who, rnd, phase] = (cpu, count)
 
     def _ask_count(self, tag, pid, log_path):
@@ -248,29 +260,29 @@ def timings_by_run(console):
     return out
 
 
-def guest_runs(cache, sizes, tree, fsbench, repeat, phases=GROUPS):
+def guest_runs(cache, sizes, tree, fsbench, repeat, phases=GROUPS, daemons=DAEMONS):
     """One boot: every phase on each daemon in turn, `repeat` rounds;
     -> {who: [a run per round: {"timings", "groups"}]}."""
     base = tempfile.mkdtemp(prefix="pyvfs-bench-")
     os.sync()           # the previous boot's dirty pages must not be written back during this one
     try:
         shares = {}
-        for who in DAEMONS:
+        for who in daemons:
             shares[who] = share = os.path.join(base, who)
             os.mkdir(share, 0o755)
             shutil.copy(tree, os.path.join(share, "tree.tar"))
         more = [guest.Device(TAGS[who], shares[who], daemon, cache, queues)
-                for who, (daemon, queues) in DAEMONS.items() if who != "ours"]
-        markers = Markers()
+                for who, (daemon, queues) in daemons.items() if who != "ours"]
+        markers = Markers(daemons)
         script = SCRIPT.format(repeat=repeat, phases=" ".join(phases), **sizes)
-        r = guest.boot(shares["ours"], script, daemon="ours", cache=cache, timeout=4 * 3600,
+        r = guest.boot(shares["ours"], script, daemon=daemons["ours"][0], cache=cache, timeout=4 * 3600,
                        on_console=markers, extra_files=guest_tools(fsbench), mem_mb=1024, more_devices=more)
         if r.rc != 0 or "BENCH-FAIL" in r.console:
             logs = "\n".join(f"--- {t} ---\n{log[-1500:]}" for t, log in r.daemon_logs.items())
             raise RuntimeError(f"cache={cache}: guest failed (rc={r.rc})\n{r.console[-3000:]}\n{logs}")
         timings = timings_by_run(r.console)
         out = {}
-        for who in DAEMONS:
+        for who in daemons:
             runs = out[who] = []
             for rnd in range(1, repeat + 1):
                 groups = {}
@@ -411,6 +423,9 @@ def markdown(data):
              "every phase runs on each in turn, in rounds of alternating order. "
              "Best of: each daemon's best run per workload. Paired: the ratio within each round "
              "(the two runs of a phase, seconds apart), median and each round.", ""]
+    if data.get("control"):
+        lines += [f"**A control run**: both columns are the daemon `{data['control']}`, \"ours\" on the guest's "
+                  "first device and \"reference\" on its second; a ratio of 1 is what nothing differing looks like.", ""]
     for cache, runs in data["guest"].items():
         ours, ref = runs["ours"], runs["reference"]
         lines += [f"## cache={cache}", "",
@@ -437,6 +452,7 @@ def markdown(data):
             pair = paired(runs, _cpu_ratio(g), "ours" if o is ours else "ours_2q")
             lines.append(f"| {label} | {o['groups'][g]['requests']} | {a:.1f} | {fmt(b)} | {fmt(ratio(a, b))} | {pair} |")
         lines.append("")
+    lines += targets(data["guest"])
     if data.get("host"):
         k, o = data["host"]["kernel"], data["host"]["ours"]
         lines += ["## /dev/fuse on the host: ours / the host kernel's own file system", "",
@@ -447,6 +463,48 @@ def markdown(data):
                              f"{fmt(ratio(o[name]['seconds'], k[name]['seconds']))} |")
         lines.append("")
     return "\n".join(lines)
+
+
+# issue #5's targets: (label, the ratios that count, the most a ratio may be)
+TARGETS = [("metadata and tree wall time", lambda n: n.startswith(("meta_", "tree_")), 1.3),
+           ("sequential read time", lambda n: n == "seq_read", 1 / 0.9),
+           ("sequential write time", lambda n: n == "seq_write", 1 / 0.9)]
+
+
+def geomean(xs):
+    return math.exp(statistics.mean(map(math.log, xs))) if xs else None
+
+
+def targets(guest_runs_by_cache):
+    """Per target and cache mode the geometric mean of the paired ratios
+    over every round (and every row of the target): one row's three rounds
+    stray by tens of per cent even when both sides run the same daemon
+    (`--control`), a mean over more pairs less."""
+    caches = list(guest_runs_by_cache)
+    lines = ["## Against the targets of issue #5", "",
+             "Geometric mean of the paired ratios, over every round and every row of the target "
+             "(a row's ratio is the time per operation, ours / reference).", "",
+             "| target | most | " + " | ".join(caches) + " |", "|---|---|" + "---|" * len(caches)]
+
+    def row(label, most, per_cache):
+        cells = [("—" if g is None else f"{g:.2f}" + ("" if g <= most else " ✗")) for g in per_cache]
+        lines.append(f"| {label} | {most:.2f} | " + " | ".join(cells) + " |")
+
+    pairs = lambda runs: list(zip(runs.get("ours_runs", []), runs.get("reference_runs", [])))  # noqa: E731
+    for label, counts, most in TARGETS:
+        per_cache = []
+        for cache in caches:
+            xs = [ratio(per_op_seconds(o["timings"][n]), per_op_seconds(r["timings"][n]))
+                  for o, r in pairs(guest_runs_by_cache[cache]) for n in o["timings"]
+                  if counts(n) and n in r["timings"]]
+            per_cache.append(geomean([x for x in xs if x]))
+        row(label, most, per_cache)
+    for g in GROUPS:
+        per_cache = [geomean([x for x in (_cpu_ratio(g)(o, r) for o, r in pairs(guest_runs_by_cache[c])) if x])
+                     for c in caches]
+        if any(x is not None for x in per_cache):
+            row(f"CPU per request, {g}", 3.0, per_cache)
+    return lines + [""]
 
 
 def save(out, stamp, data):
@@ -464,6 +522,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3,
                     help="rounds per cache mode, each phase on each daemon per round (TCG is noisy: three give a median)")
     ap.add_argument("--phase", action="append", choices=GROUPS, help="only these phases (default: all)")
+    ap.add_argument("--control", choices=["ours", "reference"],
+                    help="an A/A run: this daemon on both sides (the noise, and the devices' places in the guest)")
     args = ap.parse_args(argv)
     phases = [g for g in GROUPS if g in (args.phase or GROUPS)]
     sizes = SIZES[args.size]
@@ -471,10 +531,12 @@ def main(argv=None):
     tree, nfiles = tree_tarball(sizes["tree"])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     data = {"stamp": stamp, "size": args.size, "sizes": sizes, "tree_files": nfiles,
-            "kernel": guest.kernel()[1], "accel": os.environ.get("QEMU_ACCEL", "tcg"), "guest": {}}
+            "kernel": guest.kernel()[1], "accel": os.environ.get("QEMU_ACCEL", "tcg"), "guest": {},
+            "control": args.control}
+    daemons = control_daemons(args.control) if args.control else DAEMONS
     for cache in args.cache or ["never", "auto", "always"]:
         print(f"bench: cache={cache}, {args.repeat} rounds of {' '.join(phases)} ...", flush=True)
-        got = guest_runs(cache, sizes, tree, fsbench, args.repeat, phases)
+        got = guest_runs(cache, sizes, tree, fsbench, args.repeat, phases, daemons)
         runs = data["guest"][cache] = {"boot_seconds": got.pop("boot_seconds")}
         for who, its_runs in got.items():
             runs[who + "_runs"] = its_runs
