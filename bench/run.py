@@ -391,11 +391,15 @@ def paired(runs, ratio_of, ours="ours"):
     can pair one daemon's lucky minute with the other's unlucky one. The
     two runs of a phase in one round are seconds apart: their ratios, as
     "median (each round)", or "—"."""
-    rs = [ratio_of(o, r) for o, r in zip(runs.get(ours + "_runs", []), runs.get("reference_runs", []))]
-    rs = [x for x in rs if x is not None]
+    rs = [x for x in (ratio_of(o, r) for o, r in _pairs(runs, ours)) if x is not None]
     if not rs:
         return "—"
     return f"{statistics.median(rs):.2f} ({', '.join(f'{x:.2f}' for x in rs)})"
+
+
+def _pairs(runs, ours="ours"):
+    """(ours' run, the reference's run) of each round."""
+    return list(zip(runs.get(ours + "_runs", []), runs.get("reference_runs", [])))
 
 
 def _wall_ratio(name):
@@ -490,17 +494,14 @@ def targets(guest_runs_by_cache):
         cells = [("—" if g is None else f"{g:.2f}" + ("" if g <= most else " ✗")) for g in per_cache]
         lines.append(f"| {label} | {most:.2f} | " + " | ".join(cells) + " |")
 
-    pairs = lambda runs: list(zip(runs.get("ours_runs", []), runs.get("reference_runs", [])))  # noqa: E731
     for label, counts, most in TARGETS:
         per_cache = []
         for cache in caches:
-            xs = [ratio(per_op_seconds(o["timings"][n]), per_op_seconds(r["timings"][n]))
-                  for o, r in pairs(guest_runs_by_cache[cache]) for n in o["timings"]
-                  if counts(n) and n in r["timings"]]
+            xs = [_wall_ratio(n)(o, r) for o, r in _pairs(guest_runs_by_cache[cache]) for n in o["timings"] if counts(n)]
             per_cache.append(geomean([x for x in xs if x]))
         row(label, most, per_cache)
     for g in GROUPS:
-        per_cache = [geomean([x for x in (_cpu_ratio(g)(o, r) for o, r in pairs(guest_runs_by_cache[c])) if x])
+        per_cache = [geomean([x for x in (_cpu_ratio(g)(o, r) for o, r in _pairs(guest_runs_by_cache[c])) if x])
                      for c in caches]
         if any(x is not None for x in per_cache):
             row(f"CPU per request, {g}", 3.0, per_cache)
