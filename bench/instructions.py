@@ -17,6 +17,10 @@ walked before (the same 64 tables come round again, as a guest reuses its
 request structs and I/O buffers) and with one it has not (the queue forgets
 the tables it walked before each drain).
 
+read128k is a READ as readahead sends one at cache=auto or always: 128 KiB
+in 32 pages of the guest's page cache, not adjacent, in a table not seen
+before (its "table walked before" column is what a C walk could reach).
+
 read1m and write1m move 1 MiB in 256 pages that are not adjacent, as a
 direct-I/O READ or WRITE of a guest process's buffer often arrives;
 read1m_contig and write1m_contig in 256 adjacent pages, as it arrives as
@@ -43,7 +47,7 @@ from pyvirtiofsd.vfs.backend import ROOT_CTX                      # noqa: E402
 from pyvirtiofsd.vfs.backends.host import HostBackend             # noqa: E402
 from pyvirtiofsd.vfs.vfs import Vfs                               # noqa: E402
 
-KINDS = ("getattr", "lookup", "lookup_missing", "read", "write", "read1m", "write1m", "read1m_contig", "write1m_contig",
+KINDS = ("getattr", "lookup", "lookup_missing", "read", "write", "read128k", "read1m", "write1m", "read1m_contig", "write1m_contig",
          "readdirplus", "readdirplus_new", "getxattr_missing", "setattr_times")
 CHAINS = 64                     # chains published per round, served in one drain
 BIG_CHAINS = 8                  # (for the 1 MiB kinds)
@@ -92,6 +96,9 @@ def _requests(kind, nodeid, fh):
     if kind.startswith("readdirplus"):
         body = abi.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0)
         return [header(abi.READDIRPLUS, nodeid, len(body)), body], [16, 4096]
+    if kind == "read128k":                  # as readahead sends it at cache=auto: 32 page-cache pages
+        body = abi.READ_IN.pack(fh, 0, 128 << 10, 0, 0, 0, 0)
+        return [header(abi.READ, nodeid, len(body)), body], [16] + [PAGE] * 32
     if kind in ("read1m", "read1m_contig"):
         body = abi.READ_IN.pack(fh, 0, 1 << 20, 0, 0, 0, 0)
         return [header(abi.READ, nodeid, len(body)), body], [16] + [PAGE] * 256

@@ -448,16 +448,19 @@ def test_a_table_walked_before_gives_the_buffers_it_names_now(ring):
 def test_walked_tables_are_bounded_and_forgotten_with_the_memory_table(ring, monkeypatch):
     monkeypatch.setattr(virtqueue, "WALKED_ENTRIES", 64)
     table, out = ring.buf(n=16 * 40), ring.buf(n=8)
-    for i in range(60):                                      # distinct tables of two entries
-        readable, _ = _indirect(ring, table, [(HEAP + 0x8000 + i, 1, F_NEXT, 1), (out, 8, F_WRITE, 0)])
-        assert joined(readable) == ring.peek(HEAP + 0x8000 + i, 1)
+    for i in range(60):                                      # distinct tables of two entries, each sent twice
+        for _ in range(2):
+            readable, _ = _indirect(ring, table, [(HEAP + 0x8000 + i, 1, F_NEXT, 1), (out, 8, F_WRITE, 0)])
+            assert joined(readable) == ring.peek(HEAP + 0x8000 + i, 1)
         assert sum(len(k) // 16 for k in ring.vq._walked) <= 64
     assert len(ring.vq._walked) == 32                        # the newest, as many as fit
     big = [(HEAP + 0x9000 + 2 * i, 1, F_NEXT, i + 1) for i in range(39)] + [(out, 8, F_WRITE, 0)]
-    readable, _ = _indirect(ring, table, big)                # 40 entries: the oldest 20 tables make room
+    for _ in range(2):
+        readable, _ = _indirect(ring, table, big)            # 40 entries: the oldest 20 tables make room
     assert len(readable) == 39 and len(ring.vq._walked) == 13
     monkeypatch.setattr(virtqueue, "WALKED_ENTRIES", 16)
-    readable, _ = _indirect(ring, table, big[:-1] + [(out, 4, F_WRITE, 0)])  # bigger than all: not kept
+    for _ in range(2):                                       # bigger than all: not kept
+        readable, _ = _indirect(ring, table, big[:-1] + [(out, 4, F_WRITE, 0)])
     assert len(readable) == 39 and len(ring.vq._walked) == 13
     del readable, _
     # a new memory table (SET_MEM_TABLE): the same table must name buffers in
@@ -476,6 +479,29 @@ def test_walked_tables_are_bounded_and_forgotten_with_the_memory_table(ring, mon
     assert all(r.map.closed for r in regions), "the queue still holds views of the old memory"
     readable, _ = _indirect(ring, table, [(HEAP + 0x8000, 4, F_NEXT, 1), (out, 8, F_WRITE, 0)])
     assert joined(readable) == b"new!"
+
+
+def test_a_table_is_kept_on_its_second_sighting(ring, monkeypatch):
+    """A table sent once (a readahead READ into new page-cache pages) is
+    walked and forgotten; one sent again is kept; a first sighting too long
+    ago is forgotten as well."""
+    monkeypatch.setattr(virtqueue, "SIGHTED_TABLES", 4)
+    table, out = ring.buf(n=32), ring.buf(n=8)
+
+    def names(i):
+        return [(HEAP + 0x8000 + i, 1, F_NEXT, 1), (out, 8, F_WRITE, 0)]
+    _indirect(ring, table, names(0))
+    assert not ring.vq._walked
+    readable, _ = _indirect(ring, table, names(0))
+    assert list(ring.vq._walked) == [ring.peek(table, 32)]
+    assert joined(readable) == ring.peek(HEAP + 0x8000, 1)
+    for i in range(1, 6):                                    # five first sightings: 1 is pushed out
+        _indirect(ring, table, names(i))
+    assert len(ring.vq._walked) == 1 and len(ring.vq._sighted) == 4
+    _indirect(ring, table, names(1))                         # a first sighting again
+    assert len(ring.vq._walked) == 1
+    _indirect(ring, table, names(5))                         # remembered: kept now
+    assert len(ring.vq._walked) == 2
 
 
 @settings(max_examples=150, deadline=None)

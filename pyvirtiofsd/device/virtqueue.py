@@ -42,6 +42,13 @@ _NO_VIEW = -(1 << 65)              # below any offset a guest address can give
 # the memory table stands. Bounded by their entries (a view or two each, some
 # 200 bytes), so that a guest's huge tables cannot make it big: a few MB per queue.
 WALKED_ENTRIES = 16384
+# A table is kept on its second sighting, not its first: many are never seen
+# again (a readahead READ names pages of the guest's page cache, new each
+# time), and keeping those cost an insertion and, later, an eviction that
+# frees views gone cold. What is remembered of a first sighting is the
+# table's hash, which only decides whether to keep it (the key of a kept
+# walk is the table itself, so a collision cannot give wrong buffers).
+SIGHTED_TABLES = 4096
 
 
 def _sized(walked):
@@ -106,6 +113,7 @@ class Virtqueue:
         """Drop the views of the tables walked so far (they pin the memory table)."""
         self._walked = collections.OrderedDict()     # table bytes -> what take() returns for it, oldest first
         self._walked_entries = 0
+        self._sighted = {}          # hashes of tables walked once and not kept, oldest first
 
     # -- the available side ---------------------------------------------------------------
     def pending(self) -> int:
@@ -182,6 +190,14 @@ class Virtqueue:
             return head, _REFUSED
 
     def _keep_walked(self, table, walked):
+        sighted = self._sighted
+        key = hash(table)                   # (computed once already, by the lookup)
+        if key not in sighted:              # first sighting: remembered, not kept
+            sighted[key] = None
+            if len(sighted) > SIGHTED_TABLES:
+                del sighted[next(iter(sighted))]
+            return walked
+        del sighted[key]
         entries = len(table) // 16
         if entries <= WALKED_ENTRIES:
             self._walked_entries += entries
