@@ -26,6 +26,12 @@ import threading
 
 from .memory import BadAddress
 
+try:        # built at install time (setup.py); without a compiler tables are walked in Python
+    from ._tablewalk import ffi as _ffi, lib as _tablewalk
+    walk_in_c = _tablewalk.walk_linux_table
+except ImportError:
+    walk_in_c = None
+
 log = logging.getLogger("pyvirtiofsd.virtqueue")
 
 if sys.byteorder != "little":
@@ -86,6 +92,7 @@ class Virtqueue:
         self._push_lock = threading.Lock()   # used ring and call fd
         self._signalled_used = 0
         self._fence = threading.Lock()
+        self._runs = _ffi.new("uint64_t[]", 3 + 2 * 64) if walk_in_c is not None else None   # the C walk's output
         self.forget_walked()
 
     def attach(self, mem):
@@ -183,7 +190,7 @@ class Virtqueue:
             # the guest cannot change an entry between the two.
             walked = self._walked.get(table)
             if walked is None:
-                walked = self._keep_walked(table, _sized(self._walk_table(table, region)))
+                walked = self._keep_walked(table, self._walk_table(table, region))
             return head, walked
         except (BadChain, BadAddress) as e:
             log.warning("queue %d: refused descriptor chain at %d: %s", self.index, head, e)
@@ -208,10 +215,28 @@ class Virtqueue:
         return walked
 
     def _walk_table(self, table, region):
-        # Linux fills a table in order, each entry chained to the next, with
-        # non-empty buffers in the region of the table. Such a chain is
-        # walked here in one pass, each entry checked against that region;
-        # anything else is walked the general way.
+        """An indirect table's chain, as take() returns it (_sized)."""
+        if walk_in_c is None:
+            return _sized(self._walk_table_in_python(table, region))
+        entries = len(table) >> 4
+        runs = self._runs
+        if len(runs) < 3 + 2 * entries:
+            runs = self._runs = _ffi.new("uint64_t[]", 3 + 2 * entries)
+        n = walk_in_c(table, entries, region.gpa, region.size, runs)
+        if n < 0:                       # not of Linux's shape: the general walk says what is wrong
+            return _sized(self._walk_any_table(table))
+        got = _ffi.unpack(runs, 3 + 2 * n)       # readable runs, bytes each way, (start, stop) per run
+        view = region.view
+        views = list(map(view.__getitem__, map(slice, got[3::2], got[4::2])))
+        k = got[0]
+        return views[:k], views[k:], got[1], got[2]
+
+    def _walk_table_in_python(self, table, region):
+        # What tablewalk.c does, where it was not built. Linux fills a table
+        # in order, each entry chained to the next, with non-empty buffers in
+        # the region of the table. Such a chain is walked here in one pass,
+        # each entry checked against that region; anything else is walked
+        # the general way.
         base, size, view = region.gpa, region.size, region.view
         readable, writable = [], []
         out = readable
@@ -253,6 +278,9 @@ class Virtqueue:
                 return readable, writable
             else:
                 break
+        return self._walk_any_table(table)
+
+    def _walk_any_table(self, table):
         entries = list(DESC.iter_unpack(table))
         return self._walk(entries, len(entries), *entries[0])
 
