@@ -566,6 +566,8 @@ class _Region:
         self.map = mmap.mmap(-1, len(data))
         self.map[:] = data
         self.view = memoryview(self.map)
+        with virtqueue._ffi.from_buffer(self.view) as p:
+            self.addr = int(virtqueue._ffi.cast("uintptr_t", p))
 
 
 _TOP = (1 << 64) - 0x4000       # a region that ends at the top of the 64-bit address space

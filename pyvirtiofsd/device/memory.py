@@ -9,13 +9,18 @@ import bisect
 import mmap
 import os
 
+try:        # the C table walk's I/O needs the address of each mapping (guest_buffers.py)
+    from ._tablewalk import ffi as _ffi
+except ImportError:
+    _ffi = None
+
 
 class BadAddress(Exception):
     """A guest address or length that the memory table does not cover."""
 
 
 class Region:
-    __slots__ = ("gpa", "size", "uaddr", "map", "map_start", "view")
+    __slots__ = ("gpa", "size", "uaddr", "map", "map_start", "view", "addr")
 
     def __init__(self, gpa, size, uaddr, mmap_offset, fd):
         if size <= 0:
@@ -28,6 +33,10 @@ class Region:
                              prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=page_off)
         self.map_start = lead       # where gpa sits in self.map
         self.view = memoryview(self.map)[lead:lead + size]
+        self.addr = None            # where gpa is mapped here, as a number
+        if _ffi is not None:
+            with _ffi.from_buffer(self.view) as p:
+                self.addr = int(_ffi.cast("uintptr_t", p))
 
     def close(self):
         self.view.release()

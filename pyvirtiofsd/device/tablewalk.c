@@ -1,14 +1,18 @@
-/* The walk of an indirect descriptor table as Linux fills one, in C: a
- * READ of 128 KiB from the guest's page cache comes in a table of 35 entries
- * the queue has never seen, and walking it in Python costs more than the
- * rest of the request. Included by _tablewalk_build.py; see virtqueue.py.
+/* The walk of an indirect descriptor table as Linux fills one, in C, and
+ * file I/O straight into or out of the buffers it found: a READ of 128 KiB
+ * from the guest's page cache comes in a table of 35 entries the queue has
+ * never seen, and walking it in Python, a memoryview per page, costs more
+ * than the rest of the request. Included by _tablewalk_build.py; see
+ * virtqueue.py and guest_buffers.py.
  *
  * The table is a copy the guest cannot change under us (bytes). Every buffer
  * is checked against the one memory region [base, base + size) in unsigned
  * arithmetic that cannot wrap; anything not of Linux's shape returns -1, and
  * the caller walks the table the general way (which says what is wrong). */
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #define F_NEXT 1
 #define F_WRITE 2
@@ -68,4 +72,26 @@ static long walk_linux_table(const char *table, size_t entries, uint64_t base, u
             return -1;
     }
     return -1;                                  /* no last entry within the table */
+}
+
+#define MAX_IOV 1024                            /* UIO_MAXIOV: the kernel refuses more */
+
+/* preadv (write = 0) or pwritev over count runs, as walk_linux_table wrote
+ * them, of the region mapped here at base; -> bytes moved or -errno. The
+ * runs were checked against the region by the walk, and the caller keeps
+ * the mapping alive meanwhile. */
+static long io_runs(int fd, uintptr_t base, const uint64_t *runs, size_t count, uint64_t offset,
+                    int write)
+{
+    struct iovec iov[MAX_IOV];
+    ssize_t n;
+
+    if (count > MAX_IOV || offset > INT64_MAX)
+        return -EINVAL;
+    for (size_t i = 0; i < count; i++) {
+        iov[i].iov_base = (char *)base + runs[2 * i];
+        iov[i].iov_len = runs[2 * i + 1] - runs[2 * i];
+    }
+    n = write ? pwritev(fd, iov, (int)count, (off_t)offset) : preadv(fd, iov, (int)count, (off_t)offset);
+    return n < 0 ? -errno : (long)n;
 }

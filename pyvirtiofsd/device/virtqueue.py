@@ -28,6 +28,7 @@ from .memory import BadAddress
 
 try:        # built at install time (setup.py); without a compiler tables are walked in Python
     from ._tablewalk import ffi as _ffi, lib as _tablewalk
+    from .guest_buffers import GuestBuffers
     walk_in_c = _tablewalk.walk_linux_table
 except ImportError:
     walk_in_c = None
@@ -66,6 +67,19 @@ def _sized(walked):
 
 
 _REFUSED = (None, None, 0, 0)      # what take() gives for a malformed chain
+# A direction of more runs than this, walked by tablewalk.c in a table seen
+# for the first time, is given as GuestBuffers: no view per page, the file
+# I/O done on the runs. Fewer are a list of views, which costs less to use.
+LAZY_RUNS = 8
+
+
+def _buffers(region, runs, first, count):
+    """Runs first .. first + count of the C walk's output, as the views of
+    one direction of a chain."""
+    if count > LAZY_RUNS:
+        return GuestBuffers(runs, first, count, region.view[:], region.addr)   # (its own view pins the mapping)
+    got = _ffi.unpack(runs + (3 + 2 * first), 2 * count)
+    return list(map(region.view.__getitem__, map(slice, got[::2], got[1::2])))
 
 
 class BadChain(Exception):
@@ -205,6 +219,9 @@ class Virtqueue:
                 del sighted[next(iter(sighted))]
             return walked
         del sighted[key]
+        readable, writable, readable_size, writable_size = walked
+        if type(readable) is not list or type(writable) is not list:    # views made once, used again and again
+            walked = list(readable), list(writable), readable_size, writable_size
         entries = len(table) // 16
         if entries <= WALKED_ENTRIES:
             self._walked_entries += entries
@@ -225,11 +242,17 @@ class Virtqueue:
         n = walk_in_c(table, entries, region.gpa, region.size, runs)
         if n < 0:                       # not of Linux's shape: the general walk says what is wrong
             return _sized(self._walk_any_table(table))
-        got = _ffi.unpack(runs, 3 + 2 * n)       # readable runs, bytes each way, (start, stop) per run
-        view = region.view
-        views = list(map(view.__getitem__, map(slice, got[3::2], got[4::2])))
-        k = got[0]
-        return views[:k], views[k:], got[1], got[2]
+        # runs: readable runs, bytes each way, then (start, stop) per run
+        if n <= LAZY_RUNS:              # (most requests): a list of views each way
+            got = _ffi.unpack(runs, 3 + 2 * n)
+            view = region.view
+            views = list(map(view.__getitem__, map(slice, got[3::2], got[4::2])))
+            k = got[0]
+            return views[:k], views[k:], got[1], got[2]
+        own = _ffi.new("uint64_t[]", 3 + 2 * n)     # guest buffers keep their runs
+        _ffi.memmove(own, runs, 8 * (3 + 2 * n))
+        k = own[0]
+        return _buffers(region, own, 0, k), _buffers(region, own, k, n - k), own[1], own[2]
 
     def _walk_table_in_python(self, table, region):
         # What tablewalk.c does, where it was not built. Linux fills a table

@@ -219,11 +219,14 @@ class Backend:
         raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE on this backend")
 
     def read(self, ctx: Ctx, file, offset: int, views) -> int:
-        """Fill the memoryviews from offset (preadv); -> bytes read."""
+        """Fill the memoryviews from offset (preadv); -> bytes read.
+        views: a list of memoryviews, or a sequence of them that is not a
+        list and has preadv(fd, offset) and pwritev(fd, offset) of its own
+        (guest memory the C table walk found: device/guest_buffers.py)."""
         _nosys()
 
     def write(self, ctx: Ctx, file, offset: int, views, kill_suidgid: bool = False) -> int:
-        """Write the memoryviews at offset (pwritev); -> bytes written."""
+        """Write the memoryviews at offset (pwritev); -> bytes written (views: as read's)."""
         _nosys()
 
     def flush(self, ctx: Ctx, file, lock_owner: int) -> None:
