@@ -19,7 +19,8 @@ the tables it walked before each drain).
 
 read128k is a READ as readahead sends one at cache=auto or always: 128 KiB
 in 32 pages of the guest's page cache, not adjacent, in a table not seen
-before (its "table walked before" column is what a C walk could reach).
+before (since the C walk and guest buffers, some 37,000 instructions more
+than its "table walked before" column, against 121,000 before).
 
 read1m and write1m move 1 MiB in 256 pages that are not adjacent, as a
 direct-I/O READ or WRITE of a guest process's buffer often arrives;
