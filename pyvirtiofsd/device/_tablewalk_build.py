@@ -1,6 +1,7 @@
-"""cffi builder (API mode) of pyvirtiofsd.device._tablewalk, the indirect
-table walk in C and the I/O on the buffers it finds (tablewalk.c). setup.py builds it at install time; without
-it (no compiler) the queue walks tables in Python, as it always can."""
+"""cffi builder (API mode) of pyvirtiofsd.device._tablewalk: the indirect
+table walk in C and the I/O on the buffers it finds (tablewalk.c). setup.py
+builds it at install time; without it (no compiler) the queue walks tables
+in Python, as it always can."""
 import os
 
 from cffi import FFI

@@ -78,8 +78,12 @@ def _buffers(region, runs, first, count):
     one direction of a chain."""
     if count > LAZY_RUNS:
         return GuestBuffers(runs, first, count, region.view[:], region.addr)   # (its own view pins the mapping)
-    got = _ffi.unpack(runs + (3 + 2 * first), 2 * count)
-    return list(map(region.view.__getitem__, map(slice, got[::2], got[1::2])))
+    return _views(region.view, _ffi.unpack(runs + (3 + 2 * first), 2 * count))
+
+
+def _views(view, pairs):
+    """Views of view for a flat list of (start, stop) offsets."""
+    return list(map(view.__getitem__, map(slice, pairs[::2], pairs[1::2])))
 
 
 class BadChain(Exception):
@@ -245,8 +249,7 @@ class Virtqueue:
         # runs: readable runs, bytes each way, then (start, stop) per run
         if n <= LAZY_RUNS:              # (most requests): a list of views each way
             got = _ffi.unpack(runs, 3 + 2 * n)
-            view = region.view
-            views = list(map(view.__getitem__, map(slice, got[3::2], got[4::2])))
+            views = _views(region.view, got[3:])
             k = got[0]
             return views[:k], views[k:], got[1], got[2]
         own = _ffi.new("uint64_t[]", 3 + 2 * n)     # guest buffers keep their runs
